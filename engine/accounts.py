@@ -1,0 +1,64 @@
+"""Accounts, API keys and system account ids.
+
+Rule owned here: balances are signed integers per asset, holds are what live
+orders reserve, and `available = balance - hold`. System accounts are ordinary
+accounts with reserved ids, so every movement is a transfer between two
+accounts and the per-asset sum over all accounts is always exactly zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.book import Order
+from engine.types import StpMode
+
+EXTERNAL = 1  # the world outside: the other side of deposits and withdrawals
+FEES = 2
+INSURANCE = 3
+TREASURY = 4
+FUNDING = 5
+SYSTEM_ACCOUNTS: dict[int, str] = {
+    EXTERNAL: "external", FEES: "fees", INSURANCE: "insurance",
+    TREASURY: "treasury", FUNDING: "funding",
+}
+FIRST_USER_ACCOUNT = 1000
+
+
+class Account:
+    __slots__ = (
+        "account_id", "name", "tier", "stp", "auto_borrow", "created_ts",
+        "balances", "holds", "live", "client_ids",
+    )
+
+    def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
+        self.account_id = account_id
+        self.name = name
+        self.tier = tier
+        self.stp = StpMode.CANCEL_TAKER
+        self.auto_borrow = False
+        self.created_ts = ts
+        self.balances: dict[str, int] = {}
+        self.holds: dict[str, int] = {}
+        self.live: dict[int, Order] = {}  # live orders by id
+        self.client_ids: dict[str, int] = {}  # client order id -> live order id
+
+    def balance(self, asset: str) -> int:
+        return self.balances.get(asset, 0)
+
+    def hold(self, asset: str) -> int:
+        return self.holds.get(asset, 0)
+
+    def available(self, asset: str) -> int:
+        return self.balances.get(asset, 0) - self.holds.get(asset, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    api_key: str
+    account_id: int
+    secret: str
+    permissions: tuple[str, ...]
+    label: str
+    created_ts: int
+    revoked: bool = False

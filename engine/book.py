@@ -1,0 +1,191 @@
+"""The order book of one market: price levels in a SortedDict, FIFO queues per level.
+
+Rules owned here: price-time priority (best price first, then arrival order at
+that price) and O(1) removal of any resting order (each level is a doubly linked
+list). The book only stores orders; what a match does to money is decided in
+`engine.exchange`. Every level whose total changed is remembered until
+`take_delta()` so one `BookDelta` per command can be emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sortedcontainers import SortedDict
+
+from engine.events import OrderView
+from engine.types import OrderStatus, OrderType, Side, StpMode, TimeInForce
+
+
+class Order:
+    """A live or finished order, mutable inside the engine only (exported as `OrderView`)."""
+
+    __slots__ = (
+        "order_id", "account_id", "client_order_id", "market", "side", "type", "tif",
+        "price", "trigger_price", "size", "filled", "filled_notional", "status",
+        "reduce_only", "stp", "expire_ts", "created_ts", "updated_ts", "cancel_reason",
+        "hold", "fee_basis", "fees_paid", "rebate_basis", "rebates_got",
+        "prev", "next", "level",
+    )
+
+    def __init__(
+        self, order_id: int, account_id: int, client_order_id: str | None, market: str,
+        side: Side, type_: OrderType, tif: TimeInForce, price: int, size: int,
+        stp: StpMode, expire_ts: int | None, ts: int,
+        reduce_only: bool = False, trigger_price: int | None = None,
+    ) -> None:
+        self.order_id = order_id
+        self.account_id = account_id
+        self.client_order_id = client_order_id
+        self.market = market
+        self.side = side
+        self.type = type_
+        self.tif = tif
+        self.price = price
+        self.trigger_price = trigger_price
+        self.size = size
+        self.filled = 0
+        self.filled_notional = 0
+        self.status = OrderStatus.OPEN
+        self.reduce_only = reduce_only
+        self.stp = stp
+        self.expire_ts = expire_ts
+        self.created_ts = ts
+        self.updated_ts = ts
+        self.cancel_reason: str | None = None
+        self.hold = 0  # amount of the hold asset this order reserves
+        self.fee_basis = 0  # sum of notional * positive ppm over fills
+        self.fees_paid = 0
+        self.rebate_basis = 0  # sum of notional * |negative ppm| over fills
+        self.rebates_got = 0
+        self.prev: Order | None = None
+        self.next: Order | None = None
+        self.level: Level | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.size - self.filled
+
+    def view(self) -> OrderView:
+        return OrderView(
+            self.order_id, self.account_id, self.client_order_id, self.market, self.side,
+            self.type, self.tif, self.price, self.trigger_price, self.size, self.filled,
+            self.filled_notional, self.status, self.reduce_only, self.stp, self.expire_ts,
+            self.created_ts, self.updated_ts, self.cancel_reason,
+        )
+
+
+class Level:
+    __slots__ = ("price", "head", "tail", "total", "count")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.head: Order | None = None
+        self.tail: Order | None = None
+        self.total = 0
+        self.count = 0
+
+    def orders(self) -> Iterator[Order]:
+        o = self.head
+        while o is not None:
+            nxt = o.next
+            yield o
+            o = nxt
+
+
+class Book:
+    __slots__ = ("market", "bids", "asks", "_dirty_bids", "_dirty_asks")
+
+    def __init__(self, market: str) -> None:
+        self.market = market
+        self.bids: SortedDict = SortedDict()  # price -> Level, best = last
+        self.asks: SortedDict = SortedDict()  # price -> Level, best = first
+        self._dirty_bids: set[int] = set()
+        self._dirty_asks: set[int] = set()
+
+    # -- reading -----------------------------------------------------------
+    def best(self, side: Side) -> Level | None:
+        if side is Side.BUY:
+            return self.bids.peekitem(-1)[1] if self.bids else None
+        return self.asks.peekitem(0)[1] if self.asks else None
+
+    def levels_from_best(self, side: Side) -> Iterator[Level]:
+        if side is Side.BUY:
+            return iter(reversed(self.bids.values()))
+        return iter(self.asks.values())
+
+    def depth(self, side: Side) -> list[tuple[int, int]]:
+        return [(lv.price, lv.total) for lv in self.levels_from_best(side)]
+
+    # -- writing -----------------------------------------------------------
+    def add(self, order: Order) -> None:
+        """Append at the tail of its price level (lowest priority at that price)."""
+        levels = self.bids if order.side is Side.BUY else self.asks
+        level = levels.get(order.price)
+        if level is None:
+            level = Level(order.price)
+            levels[order.price] = level
+        order.prev = level.tail
+        order.next = None
+        if level.tail is None:
+            level.head = order
+        else:
+            level.tail.next = order
+        level.tail = order
+        level.total += order.remaining
+        level.count += 1
+        order.level = level
+        self._touch(order.side, order.price)
+
+    def remove(self, order: Order) -> None:
+        """Unlink a resting order in O(1); its level goes when empty."""
+        level = order.level
+        assert level is not None, "order is not resting"
+        if order.prev is None:
+            level.head = order.next
+        else:
+            order.prev.next = order.next
+        if order.next is None:
+            level.tail = order.prev
+        else:
+            order.next.prev = order.prev
+        level.total -= order.remaining
+        level.count -= 1
+        order.prev = order.next = None
+        order.level = None
+        if level.count == 0:
+            levels = self.bids if order.side is Side.BUY else self.asks
+            del levels[level.price]
+        self._touch(order.side, order.price)
+
+    def shrink(self, order: Order, qty: int) -> None:
+        """The resting order's remaining shrinks by qty (fill or size decrease); keeps priority."""
+        level = order.level
+        assert level is not None
+        level.total -= qty
+        self._touch(order.side, order.price)
+
+    def _touch(self, side: Side, price: int) -> None:
+        (self._dirty_bids if side is Side.BUY else self._dirty_asks).add(price)
+
+    def take_delta(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None:
+        """Levels changed since the last call, as (price, total) with 0 = removed."""
+        if not self._dirty_bids and not self._dirty_asks:
+            return None
+        bids = tuple(
+            (p, lv.total if (lv := self.bids.get(p)) is not None else 0)
+            for p in sorted(self._dirty_bids, reverse=True)
+        )
+        asks = tuple(
+            (p, lv.total if (lv := self.asks.get(p)) is not None else 0)
+            for p in sorted(self._dirty_asks)
+        )
+        self._dirty_bids.clear()
+        self._dirty_asks.clear()
+        return bids, asks
+
+    def resting_orders(self) -> Iterator[Order]:
+        """Every resting order, bids best-first then asks best-first, in queue order."""
+        for side in (Side.BUY, Side.SELL):
+            for level in self.levels_from_best(side):
+                yield from level.orders()

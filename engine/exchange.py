@@ -1,0 +1,752 @@
+"""The exchange: `apply(command) -> events`, pure and deterministic.
+
+Rules owned here (docs/orders.md is the long form): validation order of a new
+order, matching with self-trade prevention, fees accumulated per order, holds,
+amend/cancel/expiry, batches, deposits and withdrawals. Every money movement goes
+through `_transfer`, a double-entry move between two accounts. No clock, no I/O:
+time is the `ts` the sequencer stamped on the command.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import replace
+from collections.abc import Callable
+from typing import Any
+
+from engine import commands as c
+from engine.accounts import (
+    EXTERNAL,
+    FEES,
+    FIRST_USER_ACCOUNT,
+    SYSTEM_ACCOUNTS,
+    Account,
+    ApiKey,
+)
+from engine.book import Book, Order
+from engine.events import (
+    AccountCreated,
+    AccountSettingsChanged,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    BatchItem,
+    BookDelta,
+    Event,
+    IdempotentReplay,
+    MarketStateChanged,
+    OrderUpdate,
+    OrderView,
+    Rejected,
+    TradeEvent,
+    Transfer,
+)
+from engine.fixedpoint import ceil_div
+from engine.markets import ExchangeConfig, FeeTier, MarketSpec
+from engine.types import (
+    CancelReason,
+    LedgerReason,
+    MarketKind,
+    MarketState,
+    OrderStatus,
+    OrderType,
+    Permission,
+    Reject,
+    Side,
+    StpMode,
+    TimeInForce,
+)
+
+PPM = 1_000_000
+RECENT_DONE_ORDERS = 10_000  # finished orders remembered for ORDER_NOT_LIVE answers
+_VALID_PERMISSIONS = frozenset(p.value for p in Permission) - {"admin", "oracle"}
+
+
+class Market:
+    __slots__ = ("spec", "book", "state")
+
+    def __init__(self, spec: MarketSpec) -> None:
+        self.spec = spec
+        self.book = Book(spec.symbol)
+        self.state = MarketState.OPEN
+
+
+class _Refused(Exception):
+    """Internal control flow only: unwinds a validation failure into a `Rejected` event."""
+
+    def __init__(self, reason: Reject, detail: str = "", order_id: int | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.order_id = order_id
+
+
+class Exchange:
+    def __init__(self, config: ExchangeConfig) -> None:
+        problems = config.validate()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.config = config
+        self.markets: dict[str, Market] = {s: Market(m) for s, m in config.markets.items()}
+        self.accounts: dict[int, Account] = {
+            aid: Account(aid, name, 0, 0) for aid, name in SYSTEM_ACCOUNTS.items()
+        }
+        self.api_keys: dict[str, ApiKey] = {}
+        self.orders: dict[int, Order] = {}  # live orders
+        self.done: dict[int, Order] = {}  # recently finished, oldest first
+        self.deposits: dict[str, Transfer] = {}
+        self.withdrawals: dict[str, Transfer] = {}
+        self.expiries: list[tuple[int, int]] = []  # heap of (expire_ts, order_id)
+        self.next_account_id = FIRST_USER_ACCOUNT
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.next_transfer_id = 1
+        self.last_seq = 0
+        self.last_ts = 0
+        self._events: list[Event] = []
+        self._ts = 0
+        self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
+            c.CreateAccount: self._create_account,
+            c.CreateApiKey: self._create_api_key,
+            c.RevokeApiKey: self._revoke_api_key,
+            c.SetAccountSettings: self._set_account_settings,
+            c.Deposit: self._deposit,
+            c.Withdraw: self._withdraw,
+            c.PlaceOrder: self._place_command,
+            c.CancelOrder: self._cancel_command,
+            c.CancelAll: self._cancel_all,
+            c.AmendOrder: self._amend,
+            c.BatchPlace: self._batch_place,
+            c.BatchCancel: self._batch_cancel,
+            c.SetMarketState: self._set_market_state,
+            c.Tick: lambda cmd: None,
+        }
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, cmd: c.Command) -> list[Event]:
+        """Apply one command; return what happened. Never raises for a business rule."""
+        self._events = events = []
+        self._ts = cmd.ts
+        self.last_seq = cmd.seq
+        self.last_ts = cmd.ts
+        self._expire_due(cmd.ts)
+        try:
+            self._handlers[type(cmd)](cmd)
+        except _Refused as refused:
+            events.append(Rejected(refused.reason, getattr(cmd, "account_id", None),
+                                   refused.detail, getattr(cmd, "client_order_id", None),
+                                   refused.order_id))
+        for market in self.markets.values():
+            delta = market.book.take_delta()
+            if delta is not None:
+                events.append(BookDelta(market.spec.symbol, delta[0], delta[1]))
+        self._events = []
+        return events
+
+    def next_deadline(self) -> int | None:
+        """The ts at which a `Tick` has work to do (earliest GTT expiry), if any."""
+        while self.expiries:
+            exp, oid = self.expiries[0]
+            o = self.orders.get(oid)
+            if o is not None and o.expire_ts == exp:
+                return exp
+            heapq.heappop(self.expiries)
+        return None
+
+    # --------------------------------------------------------------- accounts
+    def _account(self, account_id: int) -> Account:
+        acct = self.accounts.get(account_id)
+        if acct is None or account_id < FIRST_USER_ACCOUNT:
+            raise _Refused(Reject.UNKNOWN_ACCOUNT, f"account {account_id} does not exist")
+        return acct
+
+    def _check_permissions(self, permissions: tuple[str, ...]) -> None:
+        if not permissions or not set(permissions) <= _VALID_PERMISSIONS:
+            raise _Refused(Reject.INVALID_PERMISSIONS, "permissions are read, trade, withdraw")
+
+    def _create_account(self, cmd: c.CreateAccount) -> None:
+        if cmd.api_key in self.api_keys:
+            raise _Refused(Reject.DUPLICATE_API_KEY)
+        self._check_permissions(cmd.permissions)
+        if cmd.tier not in self.config.fee_tiers:
+            raise _Refused(Reject.INVALID_AMOUNT, f"unknown fee tier {cmd.tier}")
+        aid = self.next_account_id
+        self.next_account_id += 1
+        self.accounts[aid] = Account(aid, cmd.name, cmd.tier, cmd.ts)
+        self._events.append(AccountCreated(aid, cmd.name, cmd.tier, cmd.ts))
+        self._add_key(aid, cmd.api_key, cmd.api_secret, cmd.permissions, "default")
+
+    def _add_key(self, aid: int, key: str, secret: str, perms: tuple[str, ...], label: str) -> None:
+        self.api_keys[key] = ApiKey(key, aid, secret, perms, label, self._ts)
+        self._events.append(ApiKeyCreated(aid, key, secret, perms, label, self._ts))
+
+    def _create_api_key(self, cmd: c.CreateApiKey) -> None:
+        self._account(cmd.account_id)
+        if cmd.api_key in self.api_keys:
+            raise _Refused(Reject.DUPLICATE_API_KEY)
+        self._check_permissions(cmd.permissions)
+        self._add_key(cmd.account_id, cmd.api_key, cmd.api_secret, cmd.permissions, cmd.label)
+
+    def _revoke_api_key(self, cmd: c.RevokeApiKey) -> None:
+        key = self.api_keys.get(cmd.api_key)
+        if key is None or key.account_id != cmd.account_id or key.revoked:
+            raise _Refused(Reject.UNKNOWN_API_KEY)
+        self.api_keys[cmd.api_key] = ApiKey(
+            key.api_key, key.account_id, key.secret, key.permissions, key.label,
+            key.created_ts, revoked=True,
+        )
+        self._events.append(ApiKeyRevoked(cmd.account_id, cmd.api_key))
+
+    def _set_account_settings(self, cmd: c.SetAccountSettings) -> None:
+        acct = self._account(cmd.account_id)
+        if cmd.tier is not None and cmd.tier not in self.config.fee_tiers:
+            raise _Refused(Reject.INVALID_AMOUNT, f"unknown fee tier {cmd.tier}")
+        if cmd.stp is not None:
+            acct.stp = cmd.stp
+        if cmd.auto_borrow is not None:
+            acct.auto_borrow = cmd.auto_borrow
+        if cmd.tier is not None:
+            acct.tier = cmd.tier
+        self._events.append(
+            AccountSettingsChanged(acct.account_id, acct.stp, acct.auto_borrow, acct.tier)
+        )
+
+    # ------------------------------------------------------------------ money
+    def _transfer(
+        self, asset: str, frm: int, to: int, amount: int, reason: LedgerReason, ref: str
+    ) -> Transfer:
+        a, b = self.accounts[frm], self.accounts[to]
+        fb = a.balances[asset] = a.balances.get(asset, 0) - amount
+        tb = b.balances[asset] = b.balances.get(asset, 0) + amount
+        t = Transfer(self.next_transfer_id, asset, frm, to, amount, reason, ref, fb, tb, self._ts)
+        self.next_transfer_id += 1
+        self._events.append(t)
+        return t
+
+    def _deposit(self, cmd: c.Deposit) -> None:
+        self._money_move(cmd.account_id, cmd.asset, cmd.amount, cmd.deposit_id, True)
+
+    def _withdraw(self, cmd: c.Withdraw) -> None:
+        self._money_move(cmd.account_id, cmd.asset, cmd.amount, cmd.withdrawal_id, False)
+
+    def _money_move(self, aid: int, asset: str, amount: int, ident: str, deposit: bool) -> None:
+        seen = self.deposits if deposit else self.withdrawals
+        previous = seen.get(ident)
+        if previous is not None:
+            owner = previous.to_account if deposit else previous.from_account
+            if (owner, previous.asset, previous.amount) == (aid, asset, amount):
+                self._events.append(IdempotentReplay(previous))
+                return
+            raise _Refused(Reject.DUPLICATE_DEPOSIT_ID if deposit else Reject.DUPLICATE_WITHDRAWAL_ID,
+                           f"id {ident!r} was used with different values")
+        acct = self._account(aid)
+        if asset not in self.config.assets:
+            raise _Refused(Reject.UNKNOWN_ASSET, f"unknown asset {asset}")
+        if amount <= 0:
+            raise _Refused(Reject.INVALID_AMOUNT, "amount must be positive")
+        if deposit:
+            t = self._transfer(asset, EXTERNAL, aid, amount, LedgerReason.DEPOSIT, f"deposit:{ident}")
+        else:
+            if acct.available(asset) < amount:
+                raise _Refused(Reject.INSUFFICIENT_BALANCE,
+                               f"available {acct.available(asset)} < {amount}")
+            t = self._transfer(asset, aid, EXTERNAL, amount, LedgerReason.WITHDRAWAL,
+                               f"withdrawal:{ident}")
+        seen[ident] = t
+
+    # ------------------------------------------------------------------- fees
+    def _tier(self, acct: Account) -> FeeTier:
+        return self.config.fee_tiers.get(acct.tier) or self.config.fee_tiers[0]
+
+    def _fee_for_fill(self, o: Order, notional: int, ppm: int) -> int:
+        """Fee (negative: rebate) for one fill; cumulative per order, so rounding never compounds."""
+        if ppm > 0:
+            o.fee_basis += notional * ppm
+            total = ceil_div(o.fee_basis, PPM)
+            fee = total - o.fees_paid
+            o.fees_paid = total
+            return fee
+        if ppm < 0:
+            o.rebate_basis += notional * -ppm
+            total = o.rebate_basis // PPM
+            rebate = total - o.rebates_got
+            o.rebates_got = total
+            return -rebate
+        return 0
+
+    # ------------------------------------------------------------------ holds
+    def _required_hold(self, o: Order, spec: MarketSpec, tier: FeeTier) -> int:
+        if not o.status.is_live:
+            return 0
+        if o.side is Side.SELL:
+            return o.remaining
+        notional = spec.notional(o.price, o.remaining)
+        top_rate = max(tier.maker_ppm, tier.taker_ppm, 0)
+        return notional + ceil_div(o.fee_basis + notional * top_rate, PPM) - o.fees_paid
+
+    def _refresh_hold(self, o: Order, spec: MarketSpec, acct: Account) -> None:
+        new = self._required_hold(o, spec, self._tier(acct))
+        if new != o.hold:
+            asset = spec.quote if o.side is Side.BUY else spec.base
+            acct.holds[asset] = acct.holds.get(asset, 0) + new - o.hold
+            o.hold = new
+
+    # ----------------------------------------------------------------- orders
+    def _place_command(self, cmd: c.PlaceOrder) -> None:
+        self._place(cmd, cmd.account_id)
+
+    def _validate_order(self, cmd: c.PlaceOrder, acct: Account) -> tuple[Market, int]:
+        """Checks 1-9 of docs/orders.md; returns the market and the limit price to use."""
+        market = self.markets.get(cmd.market)
+        if market is None:
+            raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
+        self._check_state_for_new(market)
+        spec = market.spec
+        if cmd.type not in (OrderType.LIMIT, OrderType.MARKET):
+            raise _Refused(Reject.UNSUPPORTED_ORDER_TYPE, f"{cmd.type.value} orders need a perp market")
+        if cmd.reduce_only and spec.kind is MarketKind.SPOT:
+            raise _Refused(Reject.REDUCE_ONLY_NOT_SPOT)
+        if cmd.size <= 0:
+            raise _Refused(Reject.INVALID_SIZE, "size must be positive")
+        if cmd.size % spec.lot:
+            raise _Refused(Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}")
+        if cmd.size < spec.min_size:
+            raise _Refused(Reject.SIZE_BELOW_MINIMUM, f"minimum size is {spec.fmt_size(spec.min_size)}")
+        if cmd.price is None and cmd.type is OrderType.LIMIT:
+            raise _Refused(Reject.PRICE_REQUIRED, "a limit order needs a price")
+        if cmd.price is not None:
+            self._check_price(cmd.price, spec)
+        if cmd.type is OrderType.MARKET and cmd.tif not in (TimeInForce.IOC, TimeInForce.FOK):
+            raise _Refused(Reject.INVALID_TIME_IN_FORCE, "market orders are ioc or fok")
+        if (cmd.tif is TimeInForce.GTT) != (cmd.expire_ts is not None):
+            raise _Refused(Reject.INVALID_EXPIRE_TS, "expire_ts goes with time_in_force gtt only")
+        if cmd.expire_ts is not None and cmd.expire_ts <= self._ts:
+            raise _Refused(Reject.INVALID_EXPIRE_TS, "expire_ts is not in the future")
+        if cmd.client_order_id is not None and cmd.client_order_id in acct.client_ids:
+            live = acct.client_ids[cmd.client_order_id]
+            raise _Refused(Reject.DUPLICATE_CLIENT_ORDER_ID,
+                           f"client_order_id is used by live order {live}", order_id=live)
+        price = cmd.price if cmd.price is not None else self._protective_price(market, cmd.side)
+        if cmd.tif is TimeInForce.POST_ONLY and self._crosses(market.book, cmd.side, price):
+            raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
+        return market, price
+
+    def _check_price(self, price: int, spec: MarketSpec) -> None:
+        if price <= 0:
+            raise _Refused(Reject.INVALID_PRICE, "price must be positive")
+        if price % spec.tick:
+            raise _Refused(Reject.PRICE_NOT_ON_TICK, f"price must be a multiple of {spec.fmt_price(spec.tick)}")
+
+    def _check_state_for_new(self, market: Market) -> None:
+        state = market.state
+        if state is MarketState.HALTED:
+            raise _Refused(Reject.MARKET_HALTED)
+        if state is MarketState.CANCEL_ONLY:
+            raise _Refused(Reject.MARKET_CANCEL_ONLY)
+        if state is MarketState.REDUCE_ONLY:
+            raise _Refused(Reject.MARKET_REDUCE_ONLY)
+
+    def _protective_price(self, market: Market, side: Side) -> int:
+        best = market.book.best(side.opposite)
+        if best is None:
+            raise _Refused(Reject.NO_LIQUIDITY, "no opposite orders for a market order")
+        tick, slip = market.spec.tick, self.config.market_slippage_ppm
+        if side is Side.BUY:
+            return ceil_div(ceil_div(best.price * (PPM + slip), PPM), tick) * tick
+        return max(best.price * (PPM - slip) // PPM // tick * tick, tick)
+
+    @staticmethod
+    def _crosses(book: Book, side: Side, price: int) -> bool:
+        best = book.best(side.opposite)
+        if best is None:
+            return False
+        return best.price <= price if side is Side.BUY else best.price >= price
+
+    def _walk(self, book: Book, side: Side, price: int, size: int, account_id: int,
+              stp: StpMode, used: dict[int, int] | None = None) -> tuple[int, int]:
+        """(size, notional) a taker would fill, walking the book without changing it.
+
+        Own orders are skipped with STP `cancel_maker` and stop the walk otherwise. `used`
+        carries what earlier atomic legs already took from each maker and is updated.
+        """
+        spec = self.markets[book.market].spec
+        need, notional = size, 0
+        for level in book.levels_from_best(side.opposite):
+            if side is Side.BUY and level.price > price or side is Side.SELL and level.price < price:
+                break
+            for maker in level.orders():
+                if maker.account_id == account_id:
+                    if stp is StpMode.CANCEL_MAKER:
+                        continue
+                    return size - need, notional
+                avail = maker.remaining - (used.get(maker.order_id, 0) if used else 0)
+                q = min(need, avail)
+                if q > 0:
+                    notional += spec.notional(level.price, q)
+                    if used is not None:
+                        used[maker.order_id] = used.get(maker.order_id, 0) + q
+                need -= q
+                if need == 0:
+                    return size, notional
+        return size - need, notional
+
+    def _place(self, cmd: c.PlaceOrder, account_id: int, funds_checked: bool = False) -> Order:
+        acct = self._account(account_id)
+        market, price = self._validate_order(cmd, acct)
+        spec = market.spec
+        stp = cmd.stp or acct.stp
+        tif = cmd.tif
+        o = Order(self.next_order_id, account_id, cmd.client_order_id, spec.symbol, cmd.side,
+                  cmd.type, tif, price, cmd.size, stp, cmd.expire_ts, self._ts)
+        need = self._required_hold(o, spec, self._tier(acct))
+        hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
+        if not funds_checked and acct.available(hold_asset) < need:
+            raise _Refused(Reject.INSUFFICIENT_BALANCE,
+                           f"needs {need} {hold_asset} available, has {acct.available(hold_asset)}")
+        if tif is TimeInForce.FOK and self._walk(
+            market.book, cmd.side, price, cmd.size, account_id, stp
+        )[0] < cmd.size:
+            raise _Refused(Reject.FOK_NOT_FILLED, "the book cannot fill the whole size")
+        self.next_order_id += 1
+        self._refresh_hold(o, spec, acct)
+        self._match_and_rest(o, market, acct)
+        return o
+
+    def _match_and_rest(self, o: Order, market: Market, acct: Account) -> None:
+        """Match `o` as a taker, then rest or cancel its remainder; emits its final update."""
+        stopped = self._match(o, market, acct)
+        if o.status.is_live:
+            if o.remaining == 0:
+                o.status = OrderStatus.FILLED
+            elif stopped:
+                self._finish(o, OrderStatus.CANCELLED, CancelReason.STP)
+            elif o.type is OrderType.LIMIT and o.tif in (
+                TimeInForce.GTC, TimeInForce.GTT, TimeInForce.POST_ONLY
+            ):
+                o.status = OrderStatus.PARTIALLY_FILLED if o.filled else OrderStatus.OPEN
+                market.book.add(o)
+                self.orders[o.order_id] = o
+                acct.live[o.order_id] = o
+                if o.client_order_id is not None:
+                    acct.client_ids[o.client_order_id] = o.order_id
+                if o.expire_ts is not None:
+                    heapq.heappush(self.expiries, (o.expire_ts, o.order_id))
+            else:
+                o.status = OrderStatus.CANCELLED
+                o.cancel_reason = CancelReason.IOC_REMAINDER.value
+        if not o.status.is_live:
+            self._remember_done(o)
+        o.updated_ts = self._ts
+        self._refresh_hold(o, market.spec, acct)
+        self._events.append(OrderUpdate(o.view()))
+
+    def _match(self, t: Order, market: Market, acct: Account) -> bool:
+        """Fill `t` against the book; True when self-trade prevention stopped the taker."""
+        book = market.book
+        spec = market.spec
+        buying = t.side is Side.BUY
+        while t.remaining > 0:
+            level = book.best(t.side.opposite)
+            if level is None or (level.price > t.price if buying else level.price < t.price):
+                return False
+            maker = level.head
+            while maker is not None and t.remaining > 0:
+                nxt = maker.next
+                if maker.account_id == t.account_id:
+                    mode = t.stp
+                    if mode is StpMode.CANCEL_TAKER:
+                        return True
+                    if mode is StpMode.CANCEL_MAKER or mode is StpMode.CANCEL_BOTH:
+                        self._cancel_resting(maker, CancelReason.STP, OrderStatus.CANCELLED)
+                        if mode is StpMode.CANCEL_BOTH:
+                            return True
+                    else:  # decrement: both shrink, no trade
+                        q = min(t.remaining, maker.remaining)
+                        book.shrink(maker, q)
+                        maker.size -= q
+                        t.size -= q
+                        if maker.remaining == 0:
+                            self._cancel_resting(maker, CancelReason.STP, OrderStatus.CANCELLED)
+                        else:
+                            maker.updated_ts = self._ts
+                            self._refresh_hold(maker, spec, self.accounts[maker.account_id])
+                            self._events.append(OrderUpdate(maker.view()))
+                        if t.remaining == 0:
+                            t.status = OrderStatus.CANCELLED
+                            t.cancel_reason = CancelReason.STP.value
+                            return False
+                else:
+                    self._trade(t, maker, market, acct)
+                maker = nxt
+        return False
+
+    def _trade(self, t: Order, m: Order, market: Market, t_acct: Account) -> None:
+        spec = market.spec
+        m_acct = self.accounts[m.account_id]
+        q = min(t.remaining, m.remaining)
+        price = m.price
+        notional = spec.notional(price, q)
+        market.book.shrink(m, q)
+        m.filled += q
+        m.filled_notional += notional
+        t.filled += q
+        t.filled_notional += notional
+        taker_fee = self._fee_for_fill(t, notional, self._tier(t_acct).taker_ppm)
+        maker_fee = self._fee_for_fill(m, notional, self._tier(m_acct).maker_ppm)
+        trade_id = self.next_trade_id
+        self.next_trade_id += 1
+        self._events.append(TradeEvent(
+            trade_id, spec.symbol, price, q, t.side, m.order_id, t.order_id,
+            m.account_id, t.account_id, maker_fee, taker_fee, self._ts,
+        ))
+        buyer, seller = (t.account_id, m.account_id) if t.side is Side.BUY else (m.account_id, t.account_id)
+        ref = f"trade:{trade_id}"
+        self._transfer(spec.quote, buyer, seller, notional, LedgerReason.TRADE, ref)
+        self._transfer(spec.base, seller, buyer, q, LedgerReason.TRADE, ref)
+        if taker_fee > 0:
+            self._transfer(spec.quote, t.account_id, FEES, taker_fee, LedgerReason.FEE, ref)
+        if maker_fee > 0:
+            self._transfer(spec.quote, m.account_id, FEES, maker_fee, LedgerReason.FEE, ref)
+        elif maker_fee < 0:
+            self._transfer(spec.quote, FEES, m.account_id, -maker_fee, LedgerReason.FEE, ref)
+        self._refresh_hold(t, spec, t_acct)
+        m.updated_ts = self._ts
+        if m.remaining == 0:
+            market.book.remove(m)
+            m.status = OrderStatus.FILLED
+            self._drop_live(m, m_acct)
+        else:
+            m.status = OrderStatus.PARTIALLY_FILLED
+        self._refresh_hold(m, spec, m_acct)
+        self._events.append(OrderUpdate(m.view()))
+
+    def _drop_live(self, o: Order, acct: Account) -> None:
+        self.orders.pop(o.order_id, None)
+        acct.live.pop(o.order_id, None)
+        if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) == o.order_id:
+            del acct.client_ids[o.client_order_id]
+        self._remember_done(o)
+
+    def _remember_done(self, o: Order) -> None:
+        self.done[o.order_id] = o
+        if len(self.done) > RECENT_DONE_ORDERS:
+            del self.done[next(iter(self.done))]
+
+    def _finish(self, o: Order, status: OrderStatus, reason: CancelReason | None) -> None:
+        o.status = status
+        o.cancel_reason = reason.value if reason is not None else None
+
+    def _cancel_resting(self, o: Order, reason: CancelReason | None, status: OrderStatus) -> None:
+        """End a live resting order (cancel or expiry), release its hold, emit its update."""
+        market = self.markets[o.market]
+        acct = self.accounts[o.account_id]
+        if o.level is not None:
+            market.book.remove(o)
+        self._finish(o, status, reason)
+        o.updated_ts = self._ts
+        self._drop_live(o, acct)
+        self._refresh_hold(o, market.spec, acct)
+        self._events.append(OrderUpdate(o.view()))
+
+    # ------------------------------------------------------- cancel and amend
+    def _find_own(self, account_id: int, order_id: int | None, client_order_id: str | None) -> Order:
+        acct = self._account(account_id)
+        if order_id is None and client_order_id is not None:
+            order_id = acct.client_ids.get(client_order_id)
+        o = self.orders.get(order_id) if order_id is not None else None
+        if o is None and order_id is not None:
+            done = self.done.get(order_id)
+            if done is not None and done.account_id == account_id:
+                raise _Refused(Reject.ORDER_NOT_LIVE, f"order {order_id} is {done.status.value}")
+        if o is None or o.account_id != account_id:
+            raise _Refused(Reject.ORDER_NOT_FOUND, "no such order")
+        return o
+
+    def _cancel_command(self, cmd: c.CancelOrder) -> None:
+        o = self._find_own(cmd.account_id, cmd.order_id, cmd.client_order_id)
+        if self.markets[o.market].state is MarketState.HALTED:
+            raise _Refused(Reject.MARKET_HALTED)
+        self._cancel_resting(o, cmd.reason, OrderStatus.CANCELLED)
+
+    def _cancel_all(self, cmd: c.CancelAll) -> None:
+        acct = self._account(cmd.account_id)
+        if cmd.market is not None and cmd.market not in self.markets:
+            raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
+        for oid in sorted(acct.live):
+            o = acct.live[oid]
+            if cmd.market is not None and o.market != cmd.market:
+                continue
+            if self.markets[o.market].state is MarketState.HALTED:
+                continue
+            self._cancel_resting(o, cmd.reason, OrderStatus.CANCELLED)
+
+    def _batch_cancel(self, cmd: c.BatchCancel) -> None:
+        if len(cmd.cancels) > self.config.max_batch:
+            raise _Refused(Reject.BATCH_TOO_LARGE, f"at most {self.config.max_batch} items")
+        for i, item in enumerate(cmd.cancels):
+            self._events.append(BatchItem(i))
+            try:
+                self._cancel_command(c.CancelOrder(
+                    account_id=cmd.account_id, order_id=item.order_id,
+                    client_order_id=item.client_order_id, reason=item.reason))
+            except _Refused as r:
+                self._events.append(Rejected(r.reason, cmd.account_id, r.detail,
+                                             item.client_order_id, r.order_id))
+
+    def _amend(self, cmd: c.AmendOrder) -> None:
+        o = self._find_own(cmd.account_id, cmd.order_id, cmd.client_order_id)
+        market = self.markets[o.market]
+        if market.state is MarketState.HALTED:
+            raise _Refused(Reject.MARKET_HALTED)
+        if market.state is MarketState.CANCEL_ONLY:
+            raise _Refused(Reject.MARKET_CANCEL_ONLY)
+        spec = market.spec
+        acct = self.accounts[o.account_id]
+        new_price = o.price if cmd.price is None else cmd.price
+        new_size = o.size if cmd.size is None else cmd.size
+        if new_price == o.price and new_size == o.size:
+            raise _Refused(Reject.NOTHING_TO_AMEND)
+        self._check_price(new_price, spec)
+        if new_size <= 0:
+            raise _Refused(Reject.INVALID_SIZE, "size must be positive")
+        if new_size % spec.lot:
+            raise _Refused(Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}")
+        if new_size <= o.filled:
+            raise _Refused(Reject.AMEND_SIZE_NOT_ABOVE_FILLED, "new size must exceed the filled size")
+        if new_price == o.price and new_size < o.size:
+            market.book.shrink(o, o.size - new_size)
+            o.size = new_size
+            o.updated_ts = self._ts
+            self._refresh_hold(o, spec, acct)
+            self._events.append(OrderUpdate(o.view()))
+            return
+        if o.tif is TimeInForce.POST_ONLY and self._crosses(market.book, o.side, new_price):
+            raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
+        old_price, old_size = o.price, o.size
+        o.price, o.size = new_price, new_size
+        need = self._required_hold(o, spec, self._tier(acct))
+        asset = spec.quote if o.side is Side.BUY else spec.base
+        if need - o.hold > acct.available(asset):
+            o.price, o.size = old_price, old_size
+            raise _Refused(Reject.INSUFFICIENT_BALANCE,
+                           f"needs {need - o.hold} more {asset}, has {acct.available(asset)}")
+        o.price, o.size = old_price, old_size
+        market.book.remove(o)
+        o.price, o.size = new_price, new_size
+        self._drop_live(o, acct)
+        self.done.pop(o.order_id, None)
+        self._refresh_hold(o, spec, acct)
+        self._match_and_rest(o, market, acct)
+
+    # ----------------------------------------------------------------- expiry
+    def _expire_due(self, ts: int) -> None:
+        while self.expiries and self.expiries[0][0] <= ts:
+            exp, oid = heapq.heappop(self.expiries)
+            o = self.orders.get(oid)
+            if o is not None and o.expire_ts == exp:
+                self._cancel_resting(o, None, OrderStatus.EXPIRED)
+
+    # ----------------------------------------------------------------- batches
+    def _batch_place(self, cmd: c.BatchPlace) -> None:
+        n = len(cmd.orders)
+        if n == 0:
+            raise _Refused(Reject.BATCH_EMPTY)
+        if n > self.config.max_batch:
+            raise _Refused(Reject.BATCH_TOO_LARGE, f"at most {self.config.max_batch} orders")
+        if cmd.atomic:
+            self._atomic_batch(cmd)
+            return
+        for i, item in enumerate(cmd.orders):
+            self._events.append(BatchItem(i))
+            try:
+                self._place(item, cmd.account_id)
+            except _Refused as r:
+                self._events.append(Rejected(r.reason, cmd.account_id, r.detail,
+                                             item.client_order_id, r.order_id))
+
+    def _atomic_batch(self, cmd: c.BatchPlace) -> None:
+        """All legs fill completely with the funds available, or nothing happens."""
+        acct = self._account(cmd.account_id)
+        for item in cmd.orders:
+            if item.type is not OrderType.MARKET and item.tif not in (TimeInForce.IOC, TimeInForce.FOK):
+                raise _Refused(Reject.ATOMIC_LEG_NOT_IMMEDIATE, "atomic legs must be ioc, fok or market")
+        used: dict[int, int] = {}
+        avail: dict[str, int] = {}
+        legs: list[c.PlaceOrder] = []
+        taker_ppm = max(self._tier(acct).taker_ppm, 0)
+        for i, item in enumerate(cmd.orders):
+            try:
+                market, price = self._validate_order(item, acct)
+            except _Refused as r:
+                raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: {r.reason.name} {r.detail}") from r
+            spec = market.spec
+            filled, notional = self._walk(market.book, item.side, price, item.size,
+                                          acct.account_id, item.stp or acct.stp, used)
+            if filled < item.size:
+                raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: the book cannot fill it")
+            fee = ceil_div(notional * taker_ppm, PPM)
+            for asset in (spec.base, spec.quote):
+                avail.setdefault(asset, acct.available(asset))
+            if item.side is Side.BUY:
+                avail[spec.quote] -= notional + fee
+                avail[spec.base] += item.size
+            else:
+                avail[spec.base] -= item.size
+                avail[spec.quote] += notional - fee
+            short = sorted(a for a, v in avail.items() if v < 0)
+            if short:
+                raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: insufficient {short[0]}")
+            legs.append(item if item.price is not None else replace(item, price=price))
+        for i, leg in enumerate(legs):
+            self._events.append(BatchItem(i))
+            self._place(leg, cmd.account_id, funds_checked=True)
+
+    # ---------------------------------------------------------------- markets
+    def _set_market_state(self, cmd: c.SetMarketState) -> None:
+        market = self.markets.get(cmd.market)
+        if market is None:
+            raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
+        market.state = cmd.state
+        self._events.append(MarketStateChanged(cmd.market, cmd.state))
+
+    # ------------------------------------------------------------- read side
+    def balance(self, account_id: int, asset: str) -> int:
+        acct = self.accounts.get(account_id)
+        return acct.balance(asset) if acct else 0
+
+    def hold(self, account_id: int, asset: str) -> int:
+        acct = self.accounts.get(account_id)
+        return acct.hold(asset) if acct else 0
+
+    def book_levels(self, market: str, side: Side) -> list[tuple[int, int]]:
+        return self.markets[market].book.depth(side)
+
+    def order(self, order_id: int) -> OrderView | None:
+        o = self.orders.get(order_id) or self.done.get(order_id)
+        return o.view() if o is not None else None
+
+    def open_orders(self, account_id: int) -> list[OrderView]:
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            return []
+        return [acct.live[oid].view() for oid in sorted(acct.live)]
+
+    # ------------------------------------------------ snapshot and invariants
+    def snapshot(self) -> dict[str, Any]:
+        from engine.snapshot import take_snapshot
+
+        return take_snapshot(self)
+
+    @classmethod
+    def restore(cls, config: ExchangeConfig, snapshot: dict[str, Any]) -> Exchange:
+        from engine.snapshot import restore_snapshot
+
+        return restore_snapshot(cls(config), snapshot)
+
+    def state_hash(self) -> str:
+        from engine.snapshot import hash_snapshot
+
+        return hash_snapshot(self.snapshot())
+
+    def check_invariants(self) -> list[str]:
+        from engine.invariants import check
+
+        return check(self)

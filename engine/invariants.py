@@ -1,0 +1,82 @@
+"""The invariants that must hold after every command (property tests call `check`).
+
+* per asset, the sum of all balances (system accounts included) is exactly 0;
+* no user balance is negative and no `available` is negative (no lending yet);
+* every hold equals the sum of what the account's live orders need;
+* no book is crossed; level totals and counts match their orders;
+* every resting order is live, belongs to a live account and is indexed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from engine.accounts import FIRST_USER_ACCOUNT
+from engine.types import Side
+
+if TYPE_CHECKING:
+    from engine.exchange import Exchange
+
+
+def check(ex: Exchange) -> list[str]:
+    problems: list[str] = []
+    totals: dict[str, int] = defaultdict(int)
+    for acct in ex.accounts.values():
+        for asset, bal in acct.balances.items():
+            totals[asset] += bal
+            if acct.account_id >= FIRST_USER_ACCOUNT and bal < 0:
+                problems.append(f"account {acct.account_id} {asset} balance {bal} < 0")
+            if acct.available(asset) < 0 and acct.account_id >= FIRST_USER_ACCOUNT:
+                problems.append(f"account {acct.account_id} {asset} available < 0")
+    problems += [f"{asset} does not conserve: sum {t}" for asset, t in totals.items() if t != 0]
+
+    want_holds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for oid, o in ex.orders.items():
+        acct = ex.accounts.get(o.account_id)
+        if acct is None or acct.live.get(oid) is not o:
+            problems.append(f"order {oid} not indexed under account {o.account_id}")
+            continue
+        if not o.status.is_live:
+            problems.append(f"order {oid} in the live set with status {o.status.value}")
+        market = ex.markets[o.market]
+        tier = ex._tier(acct)
+        need = ex._required_hold(o, market.spec, tier)
+        if need != o.hold:
+            problems.append(f"order {oid} holds {o.hold}, needs {need}")
+        asset = market.spec.quote if o.side is Side.BUY else market.spec.base
+        want_holds[o.account_id][asset] += o.hold
+        if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) != oid:
+            problems.append(f"order {oid} client id not indexed")
+    for acct in ex.accounts.values():
+        if len(acct.live) != sum(1 for o in acct.live.values() if ex.orders.get(o.order_id) is o):
+            problems.append(f"account {acct.account_id} lists orders that are not live")
+        for asset in set(acct.holds) | set(want_holds[acct.account_id]):
+            if acct.hold(asset) != want_holds[acct.account_id][asset]:
+                problems.append(
+                    f"account {acct.account_id} {asset} hold {acct.hold(asset)} != "
+                    f"{want_holds[acct.account_id][asset]}"
+                )
+
+    for sym, market in ex.markets.items():
+        book = market.book
+        bb, ba = book.best(Side.BUY), book.best(Side.SELL)
+        if bb is not None and ba is not None and bb.price >= ba.price:
+            problems.append(f"{sym} crossed: bid {bb.price} >= ask {ba.price}")
+        for side in (Side.BUY, Side.SELL):
+            for level in book.levels_from_best(side):
+                orders = list(level.orders())
+                if not orders or level.count != len(orders):
+                    problems.append(f"{sym} level {level.price} count {level.count} != {len(orders)}")
+                if level.total != sum(o.remaining for o in orders):
+                    problems.append(f"{sym} level {level.price} total mismatch")
+                for o in orders:
+                    if ex.orders.get(o.order_id) is not o or o.price != level.price or o.side is not side:
+                        problems.append(f"{sym} resting order {o.order_id} misplaced")
+                    if o.remaining <= 0:
+                        problems.append(f"{sym} resting order {o.order_id} has nothing left")
+    resting = sum(lv.count for m in ex.markets.values() for lv in m.book.bids.values())
+    resting += sum(lv.count for m in ex.markets.values() for lv in m.book.asks.values())
+    if resting != len(ex.orders):
+        problems.append(f"{len(ex.orders)} live orders but {resting} resting")
+    return problems

@@ -1,0 +1,125 @@
+"""Assets, markets and fee tiers: the static configuration the engine runs on.
+
+Units: an asset amount is an integer of atomic units (10**-decimals). A price
+is an integer of quote atomic units per ONE WHOLE base unit, so
+`notional = price * size // 10**base_decimals`. `validate()` checks that every
+tick x lot product is an exact number of quote atomic units, so notional never
+needs rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.fixedpoint import format_units, parse_units
+from engine.types import MarketKind
+
+
+@dataclass(frozen=True, slots=True)
+class AssetSpec:
+    symbol: str
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSpec:
+    symbol: str
+    kind: MarketKind
+    base: str
+    quote: str
+    tick: int  # price units (quote atomic per whole base)
+    lot: int  # base atomic units
+    min_size: int  # base atomic units, a multiple of lot
+    base_decimals: int
+    quote_decimals: int
+    max_price: int = 0  # 0 = no limit besides sanity
+
+    def notional(self, price: int, size: int) -> int:
+        """Quote atomic units for `size` base atomic units at `price` (exact by config)."""
+        return price * size // (10**self.base_decimals)
+
+    def fmt_price(self, price: int) -> str:
+        return format_units(price, self.quote_decimals)
+
+    def fmt_size(self, size: int) -> str:
+        return format_units(size, self.base_decimals)
+
+
+@dataclass(frozen=True, slots=True)
+class FeeTier:
+    """Fees in parts per million of notional; a negative maker fee is a rebate."""
+
+    maker_ppm: int
+    taker_ppm: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeConfig:
+    assets: dict[str, AssetSpec]
+    markets: dict[str, MarketSpec]
+    fee_tiers: dict[int, FeeTier] = field(default_factory=lambda: {0: FeeTier(100, 400)})
+    max_batch: int = 20
+    # Market orders without a price get a protective limit this far past the best price.
+    market_slippage_ppm: int = 50_000
+
+    def validate(self) -> list[str]:
+        """Problems with the configuration (empty when it is sound)."""
+        problems: list[str] = []
+        for m in self.markets.values():
+            if m.base not in self.assets or m.quote not in self.assets:
+                problems.append(f"{m.symbol}: unknown asset")
+                continue
+            if self.assets[m.base].decimals != m.base_decimals:
+                problems.append(f"{m.symbol}: base decimals differ from asset")
+            if self.assets[m.quote].decimals != m.quote_decimals:
+                problems.append(f"{m.symbol}: quote decimals differ from asset")
+            if m.tick <= 0 or m.lot <= 0:
+                problems.append(f"{m.symbol}: tick and lot must be positive")
+                continue
+            if (m.tick * m.lot) % (10**m.base_decimals) != 0:
+                problems.append(
+                    f"{m.symbol}: tick x lot is not a whole number of {m.quote} atomic units"
+                )
+            if m.min_size < m.lot or m.min_size % m.lot != 0:
+                problems.append(f"{m.symbol}: min_size must be a positive multiple of lot")
+        for tier_id, tier in self.fee_tiers.items():
+            if tier.taker_ppm < 0 or tier.taker_ppm + tier.maker_ppm < 0:
+                problems.append(f"fee tier {tier_id}: rebate larger than the taker fee")
+            if tier.taker_ppm >= 1_000_000 or tier.maker_ppm >= 1_000_000:
+                problems.append(f"fee tier {tier_id}: fee of 100% or more")
+        if 0 not in self.fee_tiers:
+            problems.append("fee tier 0 (the default) is missing")
+        return problems
+
+
+def _market(
+    symbol: str, kind: MarketKind, base: str, quote: str, tick: str, lot: str, min_size: str,
+    assets: dict[str, AssetSpec],
+) -> MarketSpec:
+    bd, qd = assets[base].decimals, assets[quote].decimals
+    return MarketSpec(
+        symbol=symbol, kind=kind, base=base, quote=quote,
+        tick=parse_units(tick, qd), lot=parse_units(lot, bd),
+        min_size=parse_units(min_size, bd), base_decimals=bd, quote_decimals=qd,
+    )
+
+
+def default_config() -> ExchangeConfig:
+    """Built-in markets of DESIGN section 4 (overridable by a markets file)."""
+    assets = {
+        "USDC": AssetSpec("USDC", 6),
+        "BTC": AssetSpec("BTC", 8),
+        "ETH": AssetSpec("ETH", 8),
+        "SOL": AssetSpec("SOL", 8),
+    }
+    spot = MarketKind.SPOT  # perpetuals arrive with the unified-margin work (issue 4)
+    markets = [
+        _market("BTC-USDC", spot, "BTC", "USDC", "0.1", "0.0001", "0.0001", assets),
+        _market("ETH-USDC", spot, "ETH", "USDC", "0.01", "0.001", "0.001", assets),
+        _market("SOL-USDC", spot, "SOL", "USDC", "0.001", "0.01", "0.01", assets),
+    ]
+    return ExchangeConfig(
+        assets=assets,
+        markets={m.symbol: m for m in markets},
+        fee_tiers={0: FeeTier(100, 400), 1: FeeTier(50, 300), 2: FeeTier(-20, 250)},
+    )
