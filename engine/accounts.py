@@ -19,16 +19,27 @@ INSURANCE = 3
 TREASURY = 4
 FUNDING = 5
 SYSTEM_ACCOUNTS: dict[int, str] = {
-    EXTERNAL: "external", FEES: "fees", INSURANCE: "insurance",
-    TREASURY: "treasury", FUNDING: "funding",
+    EXTERNAL: "external",
+    FEES: "fees",
+    INSURANCE: "insurance",
+    TREASURY: "treasury",
+    FUNDING: "funding",
 }
 FIRST_USER_ACCOUNT = 1000
 
 
 class Account:
     __slots__ = (
-        "account_id", "name", "tier", "stp", "auto_borrow", "created_ts",
-        "balances", "holds", "live", "client_ids",
+        "account_id",
+        "name",
+        "tier",
+        "stp",
+        "auto_borrow",
+        "created_ts",
+        "balances",
+        "holds",
+        "live",
+        "client_ids",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:

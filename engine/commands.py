@@ -140,7 +140,18 @@ class Tick(Command):
 
 
 ALL_COMMANDS: tuple[type[Command], ...] = (
-    CreateAccount, CreateApiKey, RevokeApiKey, SetAccountSettings, Deposit, Withdraw,
-    PlaceOrder, CancelOrder, CancelAll, AmendOrder, BatchPlace, BatchCancel,
-    SetMarketState, Tick,
+    CreateAccount,
+    CreateApiKey,
+    RevokeApiKey,
+    SetAccountSettings,
+    Deposit,
+    Withdraw,
+    PlaceOrder,
+    CancelOrder,
+    CancelAll,
+    AmendOrder,
+    BatchPlace,
+    BatchCancel,
+    SetMarketState,
+    Tick,
 )

@@ -10,8 +10,8 @@ time is the `ts` the sequencer stamped on the command.
 from __future__ import annotations
 
 import heapq
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from engine import commands as c
@@ -123,7 +123,8 @@ class Exchange:
     # ------------------------------------------------------------------ apply
     def apply(self, cmd: c.Command) -> list[Event]:
         """Apply one command; return what happened. Never raises for a business rule."""
-        self._events = events = []
+        events: list[Event] = []
+        self._events = events
         self._ts = cmd.ts
         self.last_seq = cmd.seq
         self.last_ts = cmd.ts
@@ -131,9 +132,15 @@ class Exchange:
         try:
             self._handlers[type(cmd)](cmd)
         except _Refused as refused:
-            events.append(Rejected(refused.reason, getattr(cmd, "account_id", None),
-                                   refused.detail, getattr(cmd, "client_order_id", None),
-                                   refused.order_id))
+            events.append(
+                Rejected(
+                    refused.reason,
+                    getattr(cmd, "account_id", None),
+                    refused.detail,
+                    getattr(cmd, "client_order_id", None),
+                    refused.order_id,
+                )
+            )
         for market in self.markets.values():
             delta = market.book.take_delta()
             if delta is not None:
@@ -188,10 +195,15 @@ class Exchange:
     def _revoke_api_key(self, cmd: c.RevokeApiKey) -> None:
         key = self.api_keys.get(cmd.api_key)
         if key is None or key.account_id != cmd.account_id or key.revoked:
-            raise _Refused(Reject.UNKNOWN_API_KEY)
+            raise _Refused(Reject.API_KEY_NOT_FOUND)
         self.api_keys[cmd.api_key] = ApiKey(
-            key.api_key, key.account_id, key.secret, key.permissions, key.label,
-            key.created_ts, revoked=True,
+            key.api_key,
+            key.account_id,
+            key.secret,
+            key.permissions,
+            key.label,
+            key.created_ts,
+            revoked=True,
         )
         self._events.append(ApiKeyRevoked(cmd.account_id, cmd.api_key))
 
@@ -235,21 +247,27 @@ class Exchange:
             if (owner, previous.asset, previous.amount) == (aid, asset, amount):
                 self._events.append(IdempotentReplay(previous))
                 return
-            raise _Refused(Reject.DUPLICATE_DEPOSIT_ID if deposit else Reject.DUPLICATE_WITHDRAWAL_ID,
-                           f"id {ident!r} was used with different values")
+            raise _Refused(
+                Reject.DUPLICATE_DEPOSIT_ID if deposit else Reject.DUPLICATE_WITHDRAWAL_ID,
+                f"id {ident!r} was used with different values",
+            )
         acct = self._account(aid)
         if asset not in self.config.assets:
             raise _Refused(Reject.UNKNOWN_ASSET, f"unknown asset {asset}")
         if amount <= 0:
             raise _Refused(Reject.INVALID_AMOUNT, "amount must be positive")
         if deposit:
-            t = self._transfer(asset, EXTERNAL, aid, amount, LedgerReason.DEPOSIT, f"deposit:{ident}")
+            t = self._transfer(
+                asset, EXTERNAL, aid, amount, LedgerReason.DEPOSIT, f"deposit:{ident}"
+            )
         else:
             if acct.available(asset) < amount:
-                raise _Refused(Reject.INSUFFICIENT_BALANCE,
-                               f"available {acct.available(asset)} < {amount}")
-            t = self._transfer(asset, aid, EXTERNAL, amount, LedgerReason.WITHDRAWAL,
-                               f"withdrawal:{ident}")
+                raise _Refused(
+                    Reject.INSUFFICIENT_BALANCE, f"available {acct.available(asset)} < {amount}"
+                )
+            t = self._transfer(
+                asset, aid, EXTERNAL, amount, LedgerReason.WITHDRAWAL, f"withdrawal:{ident}"
+            )
         seen[ident] = t
 
     # ------------------------------------------------------------------- fees
@@ -257,7 +275,7 @@ class Exchange:
         return self.config.fee_tiers.get(acct.tier) or self.config.fee_tiers[0]
 
     def _fee_for_fill(self, o: Order, notional: int, ppm: int) -> int:
-        """Fee (negative: rebate) for one fill; cumulative per order, so rounding never compounds."""
+        """Fee (negative: rebate) for one fill; cumulative per order so rounding never compounds."""
         if ppm > 0:
             o.fee_basis += notional * ppm
             total = ceil_div(o.fee_basis, PPM)
@@ -301,15 +319,21 @@ class Exchange:
         self._check_state_for_new(market)
         spec = market.spec
         if cmd.type not in (OrderType.LIMIT, OrderType.MARKET):
-            raise _Refused(Reject.UNSUPPORTED_ORDER_TYPE, f"{cmd.type.value} orders need a perp market")
+            raise _Refused(
+                Reject.UNSUPPORTED_ORDER_TYPE, f"{cmd.type.value} orders need a perp market"
+            )
         if cmd.reduce_only and spec.kind is MarketKind.SPOT:
             raise _Refused(Reject.REDUCE_ONLY_NOT_SPOT)
         if cmd.size <= 0:
             raise _Refused(Reject.INVALID_SIZE, "size must be positive")
         if cmd.size % spec.lot:
-            raise _Refused(Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}")
+            raise _Refused(
+                Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}"
+            )
         if cmd.size < spec.min_size:
-            raise _Refused(Reject.SIZE_BELOW_MINIMUM, f"minimum size is {spec.fmt_size(spec.min_size)}")
+            raise _Refused(
+                Reject.SIZE_BELOW_MINIMUM, f"minimum size is {spec.fmt_size(spec.min_size)}"
+            )
         if cmd.price is None and cmd.type is OrderType.LIMIT:
             raise _Refused(Reject.PRICE_REQUIRED, "a limit order needs a price")
         if cmd.price is not None:
@@ -322,8 +346,11 @@ class Exchange:
             raise _Refused(Reject.INVALID_EXPIRE_TS, "expire_ts is not in the future")
         if cmd.client_order_id is not None and cmd.client_order_id in acct.client_ids:
             live = acct.client_ids[cmd.client_order_id]
-            raise _Refused(Reject.DUPLICATE_CLIENT_ORDER_ID,
-                           f"client_order_id is used by live order {live}", order_id=live)
+            raise _Refused(
+                Reject.DUPLICATE_CLIENT_ORDER_ID,
+                f"client_order_id is used by live order {live}",
+                order_id=live,
+            )
         price = cmd.price if cmd.price is not None else self._protective_price(market, cmd.side)
         if cmd.tif is TimeInForce.POST_ONLY and self._crosses(market.book, cmd.side, price):
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
@@ -333,7 +360,9 @@ class Exchange:
         if price <= 0:
             raise _Refused(Reject.INVALID_PRICE, "price must be positive")
         if price % spec.tick:
-            raise _Refused(Reject.PRICE_NOT_ON_TICK, f"price must be a multiple of {spec.fmt_price(spec.tick)}")
+            raise _Refused(
+                Reject.PRICE_NOT_ON_TICK, f"price must be a multiple of {spec.fmt_price(spec.tick)}"
+            )
 
     def _check_state_for_new(self, market: Market) -> None:
         state = market.state
@@ -360,8 +389,16 @@ class Exchange:
             return False
         return best.price <= price if side is Side.BUY else best.price >= price
 
-    def _walk(self, book: Book, side: Side, price: int, size: int, account_id: int,
-              stp: StpMode, used: dict[int, int] | None = None) -> tuple[int, int]:
+    def _walk(
+        self,
+        book: Book,
+        side: Side,
+        price: int,
+        size: int,
+        account_id: int,
+        stp: StpMode,
+        used: dict[int, int] | None = None,
+    ) -> tuple[int, int]:
         """(size, notional) a taker would fill, walking the book without changing it.
 
         Own orders are skipped with STP `cancel_maker` and stop the walk otherwise. `used`
@@ -370,7 +407,12 @@ class Exchange:
         spec = self.markets[book.market].spec
         need, notional = size, 0
         for level in book.levels_from_best(side.opposite):
-            if side is Side.BUY and level.price > price or side is Side.SELL and level.price < price:
+            if (
+                side is Side.BUY
+                and level.price > price
+                or side is Side.SELL
+                and level.price < price
+            ):
                 break
             for maker in level.orders():
                 if maker.account_id == account_id:
@@ -394,16 +436,31 @@ class Exchange:
         spec = market.spec
         stp = cmd.stp or acct.stp
         tif = cmd.tif
-        o = Order(self.next_order_id, account_id, cmd.client_order_id, spec.symbol, cmd.side,
-                  cmd.type, tif, price, cmd.size, stp, cmd.expire_ts, self._ts)
+        o = Order(
+            self.next_order_id,
+            account_id,
+            cmd.client_order_id,
+            spec.symbol,
+            cmd.side,
+            cmd.type,
+            tif,
+            price,
+            cmd.size,
+            stp,
+            cmd.expire_ts,
+            self._ts,
+        )
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
         if not funds_checked and acct.available(hold_asset) < need:
-            raise _Refused(Reject.INSUFFICIENT_BALANCE,
-                           f"needs {need} {hold_asset} available, has {acct.available(hold_asset)}")
-        if tif is TimeInForce.FOK and self._walk(
-            market.book, cmd.side, price, cmd.size, account_id, stp
-        )[0] < cmd.size:
+            raise _Refused(
+                Reject.INSUFFICIENT_BALANCE,
+                f"needs {need} {hold_asset} available, has {acct.available(hold_asset)}",
+            )
+        if (
+            tif is TimeInForce.FOK
+            and self._walk(market.book, cmd.side, price, cmd.size, account_id, stp)[0] < cmd.size
+        ):
             raise _Refused(Reject.FOK_NOT_FILLED, "the book cannot fill the whole size")
         self.next_order_id += 1
         self._refresh_hold(o, spec, acct)
@@ -419,7 +476,9 @@ class Exchange:
             elif stopped:
                 self._finish(o, OrderStatus.CANCELLED, CancelReason.STP)
             elif o.type is OrderType.LIMIT and o.tif in (
-                TimeInForce.GTC, TimeInForce.GTT, TimeInForce.POST_ONLY
+                TimeInForce.GTC,
+                TimeInForce.GTT,
+                TimeInForce.POST_ONLY,
             ):
                 o.status = OrderStatus.PARTIALLY_FILLED if o.filled else OrderStatus.OPEN
                 market.book.add(o)
@@ -493,11 +552,25 @@ class Exchange:
         maker_fee = self._fee_for_fill(m, notional, self._tier(m_acct).maker_ppm)
         trade_id = self.next_trade_id
         self.next_trade_id += 1
-        self._events.append(TradeEvent(
-            trade_id, spec.symbol, price, q, t.side, m.order_id, t.order_id,
-            m.account_id, t.account_id, maker_fee, taker_fee, self._ts,
-        ))
-        buyer, seller = (t.account_id, m.account_id) if t.side is Side.BUY else (m.account_id, t.account_id)
+        self._events.append(
+            TradeEvent(
+                trade_id,
+                spec.symbol,
+                price,
+                q,
+                t.side,
+                m.order_id,
+                t.order_id,
+                m.account_id,
+                t.account_id,
+                maker_fee,
+                taker_fee,
+                self._ts,
+            )
+        )
+        buyer, seller = (
+            (t.account_id, m.account_id) if t.side is Side.BUY else (m.account_id, t.account_id)
+        )
         ref = f"trade:{trade_id}"
         self._transfer(spec.quote, buyer, seller, notional, LedgerReason.TRADE, ref)
         self._transfer(spec.base, seller, buyer, q, LedgerReason.TRADE, ref)
@@ -547,7 +620,9 @@ class Exchange:
         self._events.append(OrderUpdate(o.view()))
 
     # ------------------------------------------------------- cancel and amend
-    def _find_own(self, account_id: int, order_id: int | None, client_order_id: str | None) -> Order:
+    def _find_own(
+        self, account_id: int, order_id: int | None, client_order_id: str | None
+    ) -> Order:
         acct = self._account(account_id)
         if order_id is None and client_order_id is not None:
             order_id = acct.client_ids.get(client_order_id)
@@ -584,12 +659,18 @@ class Exchange:
         for i, item in enumerate(cmd.cancels):
             self._events.append(BatchItem(i))
             try:
-                self._cancel_command(c.CancelOrder(
-                    account_id=cmd.account_id, order_id=item.order_id,
-                    client_order_id=item.client_order_id, reason=item.reason))
+                self._cancel_command(
+                    c.CancelOrder(
+                        account_id=cmd.account_id,
+                        order_id=item.order_id,
+                        client_order_id=item.client_order_id,
+                        reason=item.reason,
+                    )
+                )
             except _Refused as r:
-                self._events.append(Rejected(r.reason, cmd.account_id, r.detail,
-                                             item.client_order_id, r.order_id))
+                self._events.append(
+                    Rejected(r.reason, cmd.account_id, r.detail, item.client_order_id, r.order_id)
+                )
 
     def _amend(self, cmd: c.AmendOrder) -> None:
         o = self._find_own(cmd.account_id, cmd.order_id, cmd.client_order_id)
@@ -608,9 +689,13 @@ class Exchange:
         if new_size <= 0:
             raise _Refused(Reject.INVALID_SIZE, "size must be positive")
         if new_size % spec.lot:
-            raise _Refused(Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}")
+            raise _Refused(
+                Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}"
+            )
         if new_size <= o.filled:
-            raise _Refused(Reject.AMEND_SIZE_NOT_ABOVE_FILLED, "new size must exceed the filled size")
+            raise _Refused(
+                Reject.AMEND_SIZE_NOT_ABOVE_FILLED, "new size must exceed the filled size"
+            )
         if new_price == o.price and new_size < o.size:
             market.book.shrink(o, o.size - new_size)
             o.size = new_size
@@ -626,8 +711,10 @@ class Exchange:
         asset = spec.quote if o.side is Side.BUY else spec.base
         if need - o.hold > acct.available(asset):
             o.price, o.size = old_price, old_size
-            raise _Refused(Reject.INSUFFICIENT_BALANCE,
-                           f"needs {need - o.hold} more {asset}, has {acct.available(asset)}")
+            raise _Refused(
+                Reject.INSUFFICIENT_BALANCE,
+                f"needs {need - o.hold} more {asset}, has {acct.available(asset)}",
+            )
         o.price, o.size = old_price, old_size
         market.book.remove(o)
         o.price, o.size = new_price, new_size
@@ -659,15 +746,21 @@ class Exchange:
             try:
                 self._place(item, cmd.account_id)
             except _Refused as r:
-                self._events.append(Rejected(r.reason, cmd.account_id, r.detail,
-                                             item.client_order_id, r.order_id))
+                self._events.append(
+                    Rejected(r.reason, cmd.account_id, r.detail, item.client_order_id, r.order_id)
+                )
 
     def _atomic_batch(self, cmd: c.BatchPlace) -> None:
         """All legs fill completely with the funds available, or nothing happens."""
         acct = self._account(cmd.account_id)
         for item in cmd.orders:
-            if item.type is not OrderType.MARKET and item.tif not in (TimeInForce.IOC, TimeInForce.FOK):
-                raise _Refused(Reject.ATOMIC_LEG_NOT_IMMEDIATE, "atomic legs must be ioc, fok or market")
+            if item.type is not OrderType.MARKET and item.tif not in (
+                TimeInForce.IOC,
+                TimeInForce.FOK,
+            ):
+                raise _Refused(
+                    Reject.ATOMIC_LEG_NOT_IMMEDIATE, "atomic legs must be ioc, fok or market"
+                )
         used: dict[int, int] = {}
         avail: dict[str, int] = {}
         legs: list[c.PlaceOrder] = []
@@ -676,10 +769,19 @@ class Exchange:
             try:
                 market, price = self._validate_order(item, acct)
             except _Refused as r:
-                raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: {r.reason.name} {r.detail}") from r
+                raise _Refused(
+                    Reject.ATOMIC_BATCH_FAILED, f"leg {i}: {r.reason.name} {r.detail}"
+                ) from r
             spec = market.spec
-            filled, notional = self._walk(market.book, item.side, price, item.size,
-                                          acct.account_id, item.stp or acct.stp, used)
+            filled, notional = self._walk(
+                market.book,
+                item.side,
+                price,
+                item.size,
+                acct.account_id,
+                item.stp or acct.stp,
+                used,
+            )
             if filled < item.size:
                 raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: the book cannot fill it")
             fee = ceil_div(notional * taker_ppm, PPM)
@@ -722,6 +824,24 @@ class Exchange:
     def order(self, order_id: int) -> OrderView | None:
         o = self.orders.get(order_id) or self.done.get(order_id)
         return o.view() if o is not None else None
+
+    def account_state(self, account_id: int) -> dict[str, Any] | None:
+        """Balances, holds and settings of a user account, as integers (None if unknown)."""
+        acct = self.accounts.get(account_id)
+        if acct is None or account_id < FIRST_USER_ACCOUNT:
+            return None
+        tier = self._tier(acct)
+        return {
+            "account_id": account_id,
+            "name": acct.name,
+            "balances": {a: (acct.balance(a), acct.hold(a)) for a in self.config.assets},
+            "stp": acct.stp.value,
+            "auto_borrow": acct.auto_borrow,
+            "tier": acct.tier,
+            "maker_fee_ppm": tier.maker_ppm,
+            "taker_fee_ppm": tier.taker_ppm,
+            "open_orders": len(acct.live),
+        }
 
     def open_orders(self, account_id: int) -> list[OrderView]:
         acct = self.accounts.get(account_id)

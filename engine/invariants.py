@@ -33,10 +33,11 @@ def check(ex: Exchange) -> list[str]:
 
     want_holds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for oid, o in ex.orders.items():
-        acct = ex.accounts.get(o.account_id)
-        if acct is None or acct.live.get(oid) is not o:
+        owner = ex.accounts.get(o.account_id)
+        if owner is None or owner.live.get(oid) is not o:
             problems.append(f"order {oid} not indexed under account {o.account_id}")
             continue
+        acct = owner
         if not o.status.is_live:
             problems.append(f"order {oid} in the live set with status {o.status.value}")
         market = ex.markets[o.market]
@@ -67,11 +68,17 @@ def check(ex: Exchange) -> list[str]:
             for level in book.levels_from_best(side):
                 orders = list(level.orders())
                 if not orders or level.count != len(orders):
-                    problems.append(f"{sym} level {level.price} count {level.count} != {len(orders)}")
+                    problems.append(
+                        f"{sym} level {level.price} count {level.count} != {len(orders)}"
+                    )
                 if level.total != sum(o.remaining for o in orders):
                     problems.append(f"{sym} level {level.price} total mismatch")
                 for o in orders:
-                    if ex.orders.get(o.order_id) is not o or o.price != level.price or o.side is not side:
+                    if (
+                        ex.orders.get(o.order_id) is not o
+                        or o.price != level.price
+                        or o.side is not side
+                    ):
                         problems.append(f"{sym} resting order {o.order_id} misplaced")
                     if o.remaining <= 0:
                         problems.append(f"{sym} resting order {o.order_id} has nothing left")

@@ -36,7 +36,13 @@ class MarketSpec:
 
     def notional(self, price: int, size: int) -> int:
         """Quote atomic units for `size` base atomic units at `price` (exact by config)."""
-        return price * size // (10**self.base_decimals)
+        return price * size // self.base_unit
+
+    @property
+    def base_unit(self) -> int:
+        """Atomic units in one whole base unit."""
+        unit: int = 10**self.base_decimals
+        return unit
 
     def fmt_price(self, price: int) -> str:
         return format_units(price, self.quote_decimals)
@@ -93,14 +99,26 @@ class ExchangeConfig:
 
 
 def _market(
-    symbol: str, kind: MarketKind, base: str, quote: str, tick: str, lot: str, min_size: str,
+    symbol: str,
+    kind: MarketKind,
+    base: str,
+    quote: str,
+    tick: str,
+    lot: str,
+    min_size: str,
     assets: dict[str, AssetSpec],
 ) -> MarketSpec:
     bd, qd = assets[base].decimals, assets[quote].decimals
     return MarketSpec(
-        symbol=symbol, kind=kind, base=base, quote=quote,
-        tick=parse_units(tick, qd), lot=parse_units(lot, bd),
-        min_size=parse_units(min_size, bd), base_decimals=bd, quote_decimals=qd,
+        symbol=symbol,
+        kind=kind,
+        base=base,
+        quote=quote,
+        tick=parse_units(tick, qd),
+        lot=parse_units(lot, bd),
+        min_size=parse_units(min_size, bd),
+        base_decimals=bd,
+        quote_decimals=qd,
     )
 
 

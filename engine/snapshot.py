@@ -15,18 +15,52 @@ from typing import TYPE_CHECKING, Any
 from engine.accounts import Account, ApiKey
 from engine.book import Order
 from engine.events import Transfer
-from engine.types import LedgerReason, MarketState, OrderStatus, OrderType, Side, StpMode, TimeInForce
+from engine.types import (
+    LedgerReason,
+    MarketState,
+    OrderStatus,
+    OrderType,
+    Side,
+    StpMode,
+    TimeInForce,
+)
 
 if TYPE_CHECKING:
     from engine.exchange import Exchange
 
 _ORDER_FIELDS = (
-    "order_id", "account_id", "client_order_id", "market", "side", "type", "tif", "price",
-    "trigger_price", "size", "filled", "filled_notional", "status", "reduce_only", "stp",
-    "expire_ts", "created_ts", "updated_ts", "cancel_reason", "hold", "fee_basis", "fees_paid",
-    "rebate_basis", "rebates_got",
+    "order_id",
+    "account_id",
+    "client_order_id",
+    "market",
+    "side",
+    "type",
+    "tif",
+    "price",
+    "trigger_price",
+    "size",
+    "filled",
+    "filled_notional",
+    "status",
+    "reduce_only",
+    "stp",
+    "expire_ts",
+    "created_ts",
+    "updated_ts",
+    "cancel_reason",
+    "hold",
+    "fee_basis",
+    "fees_paid",
+    "rebate_basis",
+    "rebates_got",
 )
-_ENUMS = {"side": Side, "type": OrderType, "tif": TimeInForce, "status": OrderStatus, "stp": StpMode}
+_ENUMS = {
+    "side": Side,
+    "type": OrderType,
+    "tif": TimeInForce,
+    "status": OrderStatus,
+    "stp": StpMode,
+}
 
 
 def _order_out(o: Order) -> list[Any]:
@@ -46,8 +80,18 @@ def _order_in(row: list[Any]) -> Order:
 
 
 def _transfer_out(t: Transfer) -> list[Any]:
-    return [t.transfer_id, t.asset, t.from_account, t.to_account, t.amount, t.reason.value,
-            t.ref, t.from_balance, t.to_balance, t.ts]
+    return [
+        t.transfer_id,
+        t.asset,
+        t.from_account,
+        t.to_account,
+        t.amount,
+        t.reason.value,
+        t.ref,
+        t.from_balance,
+        t.to_balance,
+        t.ts,
+    ]
 
 
 def _transfer_in(r: list[Any]) -> Transfer:
@@ -61,17 +105,35 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         "last_ts": ex.last_ts,
         "next": [ex.next_account_id, ex.next_order_id, ex.next_trade_id, ex.next_transfer_id],
         "accounts": [
-            [a.account_id, a.name, a.tier, a.stp.value, a.auto_borrow, a.created_ts,
-             sorted(a.balances.items()), sorted(a.holds.items())]
+            [
+                a.account_id,
+                a.name,
+                a.tier,
+                a.stp.value,
+                a.auto_borrow,
+                a.created_ts,
+                sorted(a.balances.items()),
+                sorted(a.holds.items()),
+            ]
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
         ],
         "api_keys": [
-            [k.api_key, k.account_id, k.secret, list(k.permissions), k.label, k.created_ts, k.revoked]
+            [
+                k.api_key,
+                k.account_id,
+                k.secret,
+                list(k.permissions),
+                k.label,
+                k.created_ts,
+                k.revoked,
+            ]
             for k in sorted(ex.api_keys.values(), key=lambda k: k.api_key)
         ],
         "markets": {
-            sym: {"state": m.state.value,
-                  "resting": [_order_out(o) for o in m.book.resting_orders()]}
+            sym: {
+                "state": m.state.value,
+                "resting": [_order_out(o) for o in m.book.resting_orders()],
+            }
             for sym, m in sorted(ex.markets.items())
         },
         "done": [_order_out(o) for o in ex.done.values()],

@@ -9,10 +9,10 @@ funds/risk, 5xx account/identity, 6xx idempotency.
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     BUY = "buy"
     SELL = "sell"
 
@@ -21,7 +21,7 @@ class Side(str, Enum):
         return Side.SELL if self is Side.BUY else Side.BUY
 
 
-class OrderType(str, Enum):
+class OrderType(StrEnum):
     LIMIT = "limit"
     MARKET = "market"
     STOP_MARKET = "stop_market"
@@ -30,7 +30,7 @@ class OrderType(str, Enum):
     TAKE_PROFIT_LIMIT = "take_profit_limit"
 
 
-class TimeInForce(str, Enum):
+class TimeInForce(StrEnum):
     GTC = "gtc"
     IOC = "ioc"
     FOK = "fok"
@@ -38,7 +38,7 @@ class TimeInForce(str, Enum):
     GTT = "gtt"
 
 
-class OrderStatus(str, Enum):
+class OrderStatus(StrEnum):
     OPEN = "open"
     PARTIALLY_FILLED = "partially_filled"
     FILLED = "filled"
@@ -52,7 +52,7 @@ class OrderStatus(str, Enum):
         return self in (OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, OrderStatus.UNTRIGGERED)
 
 
-class StpMode(str, Enum):
+class StpMode(StrEnum):
     """Self-trade prevention when a taker meets a resting order of its own account."""
 
     CANCEL_TAKER = "cancel_taker"  # default: the incoming remainder is cancelled
@@ -61,24 +61,24 @@ class StpMode(str, Enum):
     DECREMENT = "decrement"  # both shrink by the smaller size, no trade
 
 
-class MarketState(str, Enum):
+class MarketState(StrEnum):
     OPEN = "open"
     REDUCE_ONLY = "reduce_only"
     CANCEL_ONLY = "cancel_only"
     HALTED = "halted"
 
 
-class MarketKind(str, Enum):
+class MarketKind(StrEnum):
     SPOT = "spot"
     PERP = "perp"
 
 
-class Liquidity(str, Enum):
+class Liquidity(StrEnum):
     MAKER = "maker"
     TAKER = "taker"
 
 
-class CancelReason(str, Enum):
+class CancelReason(StrEnum):
     USER = "user"
     STP = "self_trade_prevention"
     IOC_REMAINDER = "ioc_remainder"
@@ -88,7 +88,7 @@ class CancelReason(str, Enum):
     MARKET_STATE = "market_state"
 
 
-class LedgerReason(str, Enum):
+class LedgerReason(StrEnum):
     DEPOSIT = "deposit"
     WITHDRAWAL = "withdrawal"
     TRADE = "trade"
@@ -99,7 +99,7 @@ class LedgerReason(str, Enum):
     SOCIALIZED_LOSS = "socialized_loss"
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     READ = "read"
     TRADE = "trade"
     WITHDRAW = "withdraw"
@@ -148,7 +148,7 @@ class Reject(IntEnum):
     INSUFFICIENT_MARGIN = 402
     # 5xx: accounts and keys
     UNKNOWN_ACCOUNT = 501
-    UNKNOWN_API_KEY = 502
+    API_KEY_NOT_FOUND = 502
     DUPLICATE_API_KEY = 503
     # 6xx: idempotency
     DUPLICATE_CLIENT_ORDER_ID = 601

@@ -1,0 +1,216 @@
+"""Account routes: the account view, settings, withdrawals, ledger, fills, API keys.
+
+Rule owned here: the account view is read from the engine between batches
+(`Sequencer.query`), so it is always the committed state; histories (ledger,
+fills) come from the database projections written in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from app.api.admin import new_key_pair, raise_rejection
+from app.api.deps import Principal, market_spec, parse_id, runtime, signed, submit, to_units
+from app.api.schemas import KeyRequest, SettingsRequest, WithdrawalRequest, error_responses
+from app.errors import ApiError
+from app.sequencer import ServiceUnavailable
+from app.store import queries
+from app.views import fill_row_wire, ledger_row_wire, transfer_wire
+from engine import commands as c
+from engine.events import AccountSettingsChanged, IdempotentReplay, Transfer
+from engine.fixedpoint import format_units
+from engine.types import StpMode
+
+router = APIRouter(prefix="/v1", tags=["account"])
+ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
+
+
+@router.get("/account", responses=ERR, summary="Balances, holds, settings and margin state")
+async def account(request: Request, who: Principal = Depends(signed("read"))) -> dict[str, Any]:
+    rt = runtime(request)
+    if rt.sequencer is None:
+        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    aid = who.account_id
+    try:
+        state = await rt.sequencer.query(lambda ex: ex.account_state(aid))
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+    if state is None:
+        raise ApiError("UNKNOWN_ACCOUNT", "no such account")
+    balances = []
+    for asset, (bal, hold) in state["balances"].items():
+        dec = rt.config.assets[asset].decimals
+        balances.append(
+            {
+                "asset": asset,
+                "balance": format_units(bal, dec),
+                "hold": format_units(hold, dec),
+                "available": format_units(bal - hold, dec),
+                "rate": "0",
+            }
+        )
+    return {
+        "account_id": str(aid),
+        "name": state["name"],
+        "balances": balances,
+        "positions": [],
+        "health": None,
+        "margin_state": "normal",
+        "deadline": None,
+        "open_orders": state["open_orders"],
+        "settings": {
+            "stp": state["stp"],
+            "auto_borrow": state["auto_borrow"],
+            "fee_tier": state["tier"],
+            "maker_fee_ppm": state["maker_fee_ppm"],
+            "taker_fee_ppm": state["taker_fee_ppm"],
+        },
+    }
+
+
+@router.put("/account/settings", responses=ERR, summary="Default STP mode and auto-borrow")
+async def settings(
+    body: SettingsRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    events = await submit(
+        rt,
+        c.SetAccountSettings(
+            account_id=who.account_id,
+            stp=StpMode(body.stp) if body.stp else None,
+            auto_borrow=body.auto_borrow,
+        ),
+    )
+    raise_rejection(events)
+    changed = next(e for e in events if isinstance(e, AccountSettingsChanged))
+    return {
+        "settings": {
+            "stp": changed.stp.value,
+            "auto_borrow": changed.auto_borrow,
+            "fee_tier": changed.tier,
+        }
+    }
+
+
+@router.post("/withdrawals", responses=ERR, summary="Withdraw (idempotent on withdrawal_id)")
+async def withdraw(
+    body: WithdrawalRequest,
+    request: Request,
+    response: Response,
+    who: Principal = Depends(signed("withdraw", "order")),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    asset = rt.config.assets.get(body.asset)
+    if asset is None:
+        raise ApiError("UNKNOWN_ASSET", f"unknown asset {body.asset}")
+    amount = to_units(body.amount, asset.decimals, "INVALID_AMOUNT", "amount")
+    events = await submit(
+        rt,
+        c.Withdraw(
+            account_id=who.account_id,
+            asset=body.asset,
+            amount=amount,
+            withdrawal_id=body.withdrawal_id,
+            allow_borrow=body.allow_borrow,
+        ),
+    )
+    raise_rejection(events)
+    for e in events:
+        if isinstance(e, IdempotentReplay):
+            response.status_code = 200
+            return {
+                "entry": transfer_wire(rt.config, e.original, who.account_id),
+                "replayed": True,
+                "status": "completed",
+            }
+        if isinstance(e, Transfer):
+            response.status_code = 201
+            return {
+                "entry": transfer_wire(rt.config, e, who.account_id),
+                "replayed": False,
+                "status": "completed",
+            }
+    raise ApiError("INTERNAL_ERROR", "withdrawal produced no transfer", status=500)
+
+
+@router.get("/ledger", responses=ERR, summary="Every balance change with its reason")
+async def ledger(
+    request: Request,
+    asset: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = None,
+    who: Principal = Depends(signed("read")),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if asset is not None and asset not in rt.config.assets:
+        raise ApiError("UNKNOWN_ASSET", f"unknown asset {asset}")
+    rows, nxt = await queries.list_ledger(
+        rt.db,
+        who.account_id,
+        asset=asset,
+        limit=limit,
+        cursor=parse_id(cursor, "INVALID_CURSOR") if cursor else None,
+    )
+    return {
+        "entries": [ledger_row_wire(rt.config, r) for r in rows],
+        "next_cursor": str(nxt) if nxt is not None else None,
+    }
+
+
+@router.get("/fills", responses=ERR, summary="Your fills, newest first")
+async def fills(
+    request: Request,
+    market: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = None,
+    who: Principal = Depends(signed("read")),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if market is not None:
+        market_spec(rt, market)
+    rows, nxt = await queries.list_fills(
+        rt.db,
+        who.account_id,
+        market=market,
+        limit=limit,
+        cursor=parse_id(cursor, "INVALID_CURSOR") if cursor else None,
+    )
+    return {
+        "fills": [fill_row_wire(rt.config, r) for r in rows],
+        "next_cursor": str(nxt) if nxt is not None else None,
+    }
+
+
+@router.post(
+    "/account/keys", status_code=201, responses=ERR, summary="New API key with some permissions"
+)
+async def create_key(
+    body: KeyRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    key, secret = new_key_pair()
+    perms = tuple(dict.fromkeys(body.permissions))
+    events = await submit(
+        rt,
+        c.CreateApiKey(
+            account_id=who.account_id,
+            api_key=key,
+            api_secret=secret,
+            permissions=perms,
+            label=body.label,
+        ),
+    )
+    raise_rejection(events)
+    return {"api_key": key, "api_secret": secret, "permissions": list(perms), "label": body.label}
+
+
+@router.delete("/account/keys/{api_key}", responses=ERR, summary="Revoke an API key")
+async def revoke_key(
+    api_key: str, request: Request, who: Principal = Depends(signed("trade", "cancel"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    events = await submit(rt, c.RevokeApiKey(account_id=who.account_id, api_key=api_key))
+    raise_rejection(events)
+    return {"api_key": api_key, "revoked": True}

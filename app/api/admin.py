@@ -1,0 +1,140 @@
+"""Operator routes (admin key): accounts, deposits, market states, fee tiers.
+
+Rule owned here: deposits are idempotent on `deposit_id`; a retry with the same
+values returns the original ledger entry and changes nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from app.api.deps import Principal, market_spec, parse_id, runtime, signed, submit, to_units
+from app.api.orders import rejection
+from app.api.schemas import (
+    AccountRequest,
+    DepositRequest,
+    FeeTierRequest,
+    MarketStateRequest,
+    error_responses,
+)
+from app.errors import ApiError
+from app.store import queries
+from app.views import transfer_wire
+from engine import commands as c
+from engine.events import AccountCreated, Event, IdempotentReplay, Rejected, Transfer
+from engine.types import MarketState
+
+router = APIRouter(prefix="/v1/admin", tags=["operator"])
+ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
+DEFAULT_PERMISSIONS = ("read", "trade", "withdraw")
+
+
+def new_key_pair() -> tuple[str, str]:
+    return "k" + secrets.token_hex(12), secrets.token_hex(32)
+
+
+def raise_rejection(events: list[Event]) -> None:
+    for e in events:
+        if isinstance(e, Rejected):
+            raise rejection(e)
+
+
+@router.post("/accounts", status_code=201, responses=ERR, summary="Create a trading account")
+async def create_account(
+    body: AccountRequest, request: Request, _: Principal = Depends(signed("admin"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    key, secret = new_key_pair()
+    events = await submit(
+        rt,
+        c.CreateAccount(
+            name=body.name, api_key=key, api_secret=secret, permissions=DEFAULT_PERMISSIONS
+        ),
+    )
+    raise_rejection(events)
+    created = next(e for e in events if isinstance(e, AccountCreated))
+    return {
+        "account_id": str(created.account_id),
+        "name": body.name,
+        "api_key": key,
+        "api_secret": secret,
+        "permissions": list(DEFAULT_PERMISSIONS),
+    }
+
+
+@router.get("/accounts", responses=ERR, summary="List accounts (extension)")
+async def list_accounts(
+    request: Request, _: Principal = Depends(signed("admin"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    rows, _ = await queries.list_accounts(rt.db)
+    return {
+        "accounts": [
+            {
+                "account_id": str(r["account_id"]),
+                "name": r["name"],
+                "tier": r["tier"],
+                "created_ts": r["created_ts"],
+            }
+            for r in rows
+        ]
+    }
+
+
+@router.post("/deposits", responses=ERR, summary="Credit a deposit (idempotent on deposit_id)")
+async def deposit(
+    body: DepositRequest,
+    request: Request,
+    response: Response,
+    _: Principal = Depends(signed("admin")),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    account_id = parse_id(body.account_id, "UNKNOWN_ACCOUNT")
+    asset = rt.config.assets.get(body.asset)
+    if asset is None:
+        raise ApiError("UNKNOWN_ASSET", f"unknown asset {body.asset}")
+    amount = to_units(body.amount, asset.decimals, "INVALID_AMOUNT", "amount")
+    events = await submit(
+        rt,
+        c.Deposit(
+            account_id=account_id, asset=body.asset, amount=amount, deposit_id=body.deposit_id
+        ),
+    )
+    raise_rejection(events)
+    for e in events:
+        if isinstance(e, IdempotentReplay):
+            response.status_code = 200
+            return {"entry": transfer_wire(rt.config, e.original, account_id), "replayed": True}
+        if isinstance(e, Transfer):
+            response.status_code = 201
+            return {"entry": transfer_wire(rt.config, e, account_id), "replayed": False}
+    raise ApiError("INTERNAL_ERROR", "deposit produced no transfer", status=500)
+
+
+@router.post("/markets/{market}/state", responses=ERR, summary="Set a market's state")
+async def set_market_state(
+    market: str, body: MarketStateRequest, request: Request, _: Principal = Depends(signed("admin"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    market_spec(rt, market)
+    events = await submit(rt, c.SetMarketState(market=market, state=MarketState(body.state)))
+    raise_rejection(events)
+    return {"market": market, "state": body.state}
+
+
+@router.post(
+    "/accounts/{account_id}/fee-tier",
+    responses=ERR,
+    summary="Set an account's fee tier (extension)",
+)
+async def set_fee_tier(
+    account_id: str, body: FeeTierRequest, request: Request, _: Principal = Depends(signed("admin"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    aid = parse_id(account_id, "UNKNOWN_ACCOUNT")
+    events = await submit(rt, c.SetAccountSettings(account_id=aid, tier=body.tier))
+    raise_rejection(events)
+    return {"account_id": str(aid), "tier": body.tier}

@@ -1,0 +1,131 @@
+"""Request plumbing shared by the routers: runtime access, signed auth, rate limits,
+decimal conversion and submitting commands to the sequencer.
+
+Rules owned here: a private route runs only after the HMAC signature over
+`timestamp + METHOD + path_with_query + body` checks out and the key has the
+route's permission; every response of a limited route carries
+`X-RateLimit-Remaining`, and a refusal is a 429 with `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request, Response
+
+from app.auth import AuthError, KeyRecord
+from app.errors import ApiError
+from app.runtime import Runtime
+from app.sequencer import ServiceUnavailable
+from engine.commands import Command
+from engine.events import Event
+from engine.fixedpoint import FixedPointError, parse_units
+from engine.markets import MarketSpec
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key: KeyRecord
+
+    @property
+    def account_id(self) -> int:
+        assert self.key.account_id is not None
+        return self.key.account_id
+
+
+def _limit(rt: Runtime, response: Response, bucket: str, category: str) -> None:
+    decision = rt.limiter.check(bucket, category)
+    if not decision.allowed:
+        retry = max(1, math.ceil(decision.retry_after_s))
+        raise ApiError(
+            "RATE_LIMITED",
+            f"{category} rate limit reached",
+            headers={"Retry-After": str(retry), "X-RateLimit-Remaining": "0"},
+        )
+    response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def public_limit(request: Request, response: Response) -> None:
+    rt = runtime(request)
+    _limit(rt, response, "ip:" + client_ip(request), "ip")
+
+
+def signed_path(request: Request) -> str:
+    """The path and query exactly as sent (raw bytes), which is what the client signed."""
+    scope = request.scope
+    raw = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return (raw + (b"?" + query if query else b"")).decode("latin-1")
+
+
+def signed(permission: str, category: str = "read") -> Callable[..., Awaitable[Principal]]:
+    """Dependency: verify the signature, the permission and the rate limits."""
+
+    async def dependency(request: Request, response: Response) -> Principal:
+        rt = runtime(request)
+        _limit(rt, response, "ip:" + client_ip(request), "ip")
+        body = await request.body()
+        path = signed_path(request)
+        h = request.headers
+        try:
+            record = rt.auth.verify(
+                h.get("x-api-key"),
+                h.get("x-timestamp"),
+                h.get("x-signature"),
+                request.method,
+                path,
+                body,
+                h.get("x-recv-window"),
+            )
+            rt.auth.require(record, permission)
+        except AuthError as exc:
+            status = 403 if exc.code == "PERMISSION_DENIED" else 401
+            raise ApiError(exc.code, exc.message, status=status) from exc
+        if permission != "admin" and record.account_id is None:
+            raise ApiError("PERMISSION_DENIED", "operator keys have no trading account", status=403)
+        _limit(rt, response, "key:" + record.api_key, category)
+        return Principal(record)
+
+    return dependency
+
+
+async def submit(rt: Runtime, command: Command) -> list[Event]:
+    if rt.sequencer is None:
+        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    try:
+        return await rt.sequencer.submit(command)
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+
+
+def market_spec(rt: Runtime, market: str) -> MarketSpec:
+    spec = rt.config.markets.get(market)
+    if spec is None:
+        raise ApiError("UNKNOWN_MARKET", f"unknown market {market}")
+    return spec
+
+
+def to_units(text: str, decimals: int, off_grid_code: str, what: str) -> int:
+    """A decimal string to atomic units; too many decimals is an off-grid business error."""
+    try:
+        return parse_units(text, decimals)
+    except FixedPointError as exc:
+        raise ApiError(off_grid_code, f"{what} {text} has more decimals than allowed") from exc
+
+
+def parse_id(text: str, code: str = "ORDER_NOT_FOUND") -> int:
+    """Ids are decimal integers; anything else is simply not found (404)."""
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(code, "no such object")
+    return int(text)

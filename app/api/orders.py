@@ -1,0 +1,297 @@
+"""Order routes: place, batch, amend, cancel, cancel-all, reads.
+
+Rule owned here: one request is one engine command (a batch too), so a request
+is applied entirely or not at all; the response is built from that command's
+events only after they are committed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.api.deps import Principal, market_spec, parse_id, runtime, signed, submit, to_units
+from app.api.schemas import (
+    AmendRequest,
+    BatchRequest,
+    CancelBatchRequest,
+    OrderRequest,
+    error_responses,
+)
+from app.errors import ApiError
+from app.runtime import Runtime
+from app.store import queries
+from app.views import fill_from_trade, order_wire
+from engine import commands as c
+from engine.events import BatchItem, Event, OrderUpdate, Rejected, TradeEvent
+from engine.types import OrderType, Side, StpMode, TimeInForce
+
+router = APIRouter(prefix="/v1", tags=["orders"])
+ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
+
+
+def order_command(rt: Runtime, account_id: int, body: OrderRequest) -> c.PlaceOrder:
+    spec = market_spec(rt, body.market)
+    otype = OrderType(body.type)
+    tif = body.time_in_force or ("ioc" if otype is OrderType.MARKET else "gtc")
+    return c.PlaceOrder(
+        account_id=account_id,
+        market=body.market,
+        side=Side(body.side),
+        type=otype,
+        size=to_units(body.size, spec.base_decimals, "SIZE_NOT_ON_LOT", "size"),
+        price=None
+        if body.price is None
+        else to_units(body.price, spec.quote_decimals, "PRICE_NOT_ON_TICK", "price"),
+        tif=TimeInForce(tif),
+        expire_ts=body.expire_ts,
+        client_order_id=body.client_order_id,
+        stp=StpMode(body.stp) if body.stp else None,
+        reduce_only=body.reduce_only,
+        trigger_price=None
+        if body.trigger_price is None
+        else to_units(
+            body.trigger_price, spec.quote_decimals, "PRICE_NOT_ON_TICK", "trigger_price"
+        ),
+    )
+
+
+def rejection(e: Rejected) -> ApiError:
+    extra = {"order_id": str(e.order_id)} if e.order_id is not None else None
+    return ApiError(e.reason.name, e.detail or e.reason.name.replace("_", " ").lower(), extra=extra)
+
+
+def order_result(rt: Runtime, events: list[Event], account_id: int) -> dict[str, Any]:
+    """`{"order", "fills"}` from the events of one placement/amend; raises on a rejection."""
+    order = None
+    for e in events:
+        if isinstance(e, Rejected):
+            raise rejection(e)
+        if isinstance(e, OrderUpdate) and e.order.account_id == account_id:
+            order = e.order
+    if order is None:
+        raise ApiError("INTERNAL_ERROR", "the command produced no order", status=500)
+    fills = [
+        fill_from_trade(rt.config, e, account_id)
+        for e in events
+        if isinstance(e, TradeEvent) and e.taker_order_id == order.order_id
+    ]
+    return {"order": order_wire(rt.config, order), "fills": fills}
+
+
+def split_items(events: list[Event], n: int) -> list[list[Event]]:
+    """Events of a batch command cut at the `BatchItem` markers (one list per item)."""
+    items: list[list[Event]] = [[] for _ in range(n)]
+    current: list[Event] | None = None
+    for e in events:
+        if isinstance(e, BatchItem):
+            current = items[e.index]
+        elif current is not None:
+            current.append(e)
+    return items
+
+
+def error_item(err: ApiError) -> dict[str, Any]:
+    return err.body()
+
+
+@router.post("/orders", status_code=201, responses=ERR, summary="Place an order")
+async def place_order(
+    body: OrderRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+) -> dict[str, Any]:
+    return await place(runtime(request), who.account_id, body)
+
+
+@router.post("/orders/batch", responses=ERR, summary="Place up to 20 orders (optionally atomic)")
+async def place_batch(
+    body: BatchRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+) -> dict[str, Any]:
+    return await place_batch_items(runtime(request), who.account_id, body)
+
+
+@router.post("/orders/cancel-batch", responses=ERR, summary="Cancel up to 20 orders (extension)")
+async def cancel_batch(
+    body: CancelBatchRequest, request: Request, who: Principal = Depends(signed("trade", "cancel"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if len(body.cancels) > rt.config.max_batch:
+        raise ApiError("BATCH_TOO_LARGE", f"at most {rt.config.max_batch} cancels per batch")
+    cancels = []
+    for item in body.cancels:
+        oid = None
+        if item.order_id is not None:
+            oid = int(item.order_id) if item.order_id.isdigit() and len(item.order_id) < 19 else 0
+        cancels.append(
+            c.CancelOrder(
+                account_id=who.account_id, order_id=oid, client_order_id=item.client_order_id
+            )
+        )
+    events = await submit(rt, c.BatchCancel(account_id=who.account_id, cancels=tuple(cancels)))
+    results: list[dict[str, Any]] = []
+    for item_events in split_items(events, len(cancels)):
+        try:
+            results.append({"order": order_result(rt, item_events, who.account_id)["order"]})
+        except ApiError as err:
+            results.append(error_item(err))
+    return {"results": results}
+
+
+@router.get("/orders", responses=ERR, summary="List orders (newest first)")
+async def list_orders(
+    request: Request,
+    market: str | None = None,
+    status: str | None = Query(default=None, pattern="^(open|all)$"),
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = None,
+    who: Principal = Depends(signed("read")),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if market is not None:
+        market_spec(rt, market)
+    rows, nxt = await queries.list_orders(
+        rt.db,
+        who.account_id,
+        market=market,
+        open_only=status == "open",
+        limit=limit,
+        cursor=parse_id(cursor, "INVALID_CURSOR") if cursor else None,
+    )
+    return {
+        "orders": [order_wire(rt.config, r) for r in rows],
+        "next_cursor": str(nxt) if nxt is not None else None,
+    }
+
+
+@router.get("/orders/by-client-id/{client_order_id}", responses=ERR, summary="Order by client id")
+async def get_order_by_client_id(
+    client_order_id: str, request: Request, who: Principal = Depends(signed("read"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    row = await queries.get_order_by_client_id(rt.db, who.account_id, client_order_id)
+    if row is None:
+        raise ApiError("ORDER_NOT_FOUND", "no such order")
+    return {"order": order_wire(rt.config, row)}
+
+
+@router.get("/orders/{order_id}", responses=ERR, summary="One order")
+async def get_order(
+    order_id: str, request: Request, who: Principal = Depends(signed("read"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    row = await queries.get_order(rt.db, who.account_id, parse_id(order_id))
+    if row is None:
+        raise ApiError("ORDER_NOT_FOUND", "no such order")
+    return {"order": order_wire(rt.config, row)}
+
+
+@router.patch("/orders/{order_id}", responses=ERR, summary="Amend price and/or size")
+async def amend_order(
+    order_id: str,
+    body: AmendRequest,
+    request: Request,
+    who: Principal = Depends(signed("trade", "order")),
+) -> dict[str, Any]:
+    return await amend(runtime(request), who.account_id, order_id, body)
+
+
+@router.delete("/orders/{order_id}", responses=ERR, summary="Cancel one order")
+async def cancel_order(
+    order_id: str, request: Request, who: Principal = Depends(signed("trade", "cancel"))
+) -> dict[str, Any]:
+    return await cancel(runtime(request), who.account_id, order_id)
+
+
+@router.delete("/orders", responses=ERR, summary="Cancel all orders (of one market or all)")
+async def cancel_all(
+    request: Request, market: str | None = None, who: Principal = Depends(signed("trade", "cancel"))
+) -> dict[str, Any]:
+    return await cancel_all_orders(runtime(request), who.account_id, market)
+
+
+# ---------------------------------------------------------------------------------------------
+# Services shared by the REST routes and WebSocket order entry (same rules, same results).
+
+
+async def place(rt: Runtime, account_id: int, body: OrderRequest) -> dict[str, Any]:
+    events = await submit(rt, order_command(rt, account_id, body))
+    return order_result(rt, events, account_id)
+
+
+async def place_batch_items(rt: Runtime, account_id: int, body: BatchRequest) -> dict[str, Any]:
+    if len(body.orders) > rt.config.max_batch:
+        raise ApiError("BATCH_TOO_LARGE", f"at most {rt.config.max_batch} orders per batch")
+    results: list[dict[str, Any] | None] = [None] * len(body.orders)
+    commands: list[c.PlaceOrder] = []
+    index: list[int] = []
+    for i, item in enumerate(body.orders):
+        try:
+            commands.append(order_command(rt, account_id, item))
+            index.append(i)
+        except ApiError as err:
+            if body.atomic:
+                raise ApiError("ATOMIC_BATCH_FAILED", f"leg {i}: {err.code} {err.message}") from err
+            results[i] = error_item(err)
+    if commands:
+        events = await submit(
+            rt, c.BatchPlace(account_id=account_id, orders=tuple(commands), atomic=body.atomic)
+        )
+        whole = next(
+            (
+                e
+                for e in events
+                if isinstance(e, Rejected) and not any(isinstance(x, BatchItem) for x in events)
+            ),
+            None,
+        )
+        if whole is not None:
+            refused = rejection(whole)
+            return {"results": [error_item(refused) for _ in body.orders]}
+        for i, item_events in zip(index, split_items(events, len(commands)), strict=True):
+            try:
+                results[i] = order_result(rt, item_events, account_id)
+            except ApiError as err:
+                results[i] = error_item(err)
+    return {"results": results}
+
+
+async def amend(rt: Runtime, account_id: int, order_id: str, body: AmendRequest) -> dict[str, Any]:
+    oid = parse_id(order_id)
+    row = await queries.get_order(rt.db, account_id, oid)
+    if row is None:
+        raise ApiError("ORDER_NOT_FOUND", "no such order")
+    spec = market_spec(rt, row["market"])
+    cmd = c.AmendOrder(
+        account_id=account_id,
+        order_id=oid,
+        price=None
+        if body.price is None
+        else to_units(body.price, spec.quote_decimals, "PRICE_NOT_ON_TICK", "price"),
+        size=None
+        if body.size is None
+        else to_units(body.size, spec.base_decimals, "SIZE_NOT_ON_LOT", "size"),
+    )
+    return order_result(rt, await submit(rt, cmd), account_id)
+
+
+async def cancel(rt: Runtime, account_id: int, order_id: str) -> dict[str, Any]:
+    events = await submit(rt, c.CancelOrder(account_id=account_id, order_id=parse_id(order_id)))
+    return {"order": order_result(rt, events, account_id)["order"]}
+
+
+async def cancel_all_orders(rt: Runtime, account_id: int, market: str | None) -> dict[str, Any]:
+    if market is not None:
+        market_spec(rt, market)
+    events = await submit(rt, c.CancelAll(account_id=account_id, market=market))
+    for e in events:
+        if isinstance(e, Rejected):
+            raise rejection(e)
+    return {
+        "cancelled": [
+            str(e.order.order_id)
+            for e in events
+            if isinstance(e, OrderUpdate)
+            and e.order.account_id == account_id
+            and e.order.status.value == "cancelled"
+        ]
+    }

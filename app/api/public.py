@@ -1,0 +1,114 @@
+"""Public routes: health, time, assets, markets, book, trades, candles, ticker, metrics.
+
+Rule owned here: public market data comes from the read models fed after each
+commit, so it never shows state that is not durable.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import ORJSONResponse, PlainTextResponse
+
+from app.api.deps import market_spec, public_limit, runtime
+from app.api.schemas import error_responses
+from app.errors import ApiError
+from app.metrics import render_metrics
+from app.views import market_wire
+
+router = APIRouter(prefix="/v1", tags=["public"], dependencies=[Depends(public_limit)])
+metrics_router = APIRouter(tags=["public"])
+ERR = error_responses(404, 422, 429)
+
+
+@router.get("/health", responses=error_responses(503), summary="Liveness and readiness")
+async def health(request: Request) -> Any:
+    rt = runtime(request)
+    db = "ok"
+    if rt.store is None or not await rt.store.ping():
+        db = "down"
+    body = {
+        "status": "ok" if rt.ready and db == "ok" else rt.status if not rt.ready else "degraded",
+        "seq": rt.sequencer.seq if rt.sequencer else rt.engine.last_seq,
+        "db": db,
+    }
+    if rt.startup_error:
+        body["error"] = rt.startup_error
+    return ORJSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+@router.get("/time", summary="Server time in ms")
+async def server_time() -> dict[str, int]:
+    return {"server_time": int(time.time() * 1000)}
+
+
+@router.get("/assets", summary="Assets and their decimals")
+async def assets(request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    return {
+        "assets": [{"symbol": a.symbol, "decimals": a.decimals} for a in rt.config.assets.values()]
+    }
+
+
+@router.get("/markets", summary="Markets with tick, lot, minimum size, kind and state")
+async def markets(request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    return {
+        "markets": [
+            market_wire(spec, rt.marketdata.market_state(sym))
+            for sym, spec in rt.config.markets.items()
+        ]
+    }
+
+
+@router.get("/markets/{market}/book", responses=ERR, summary="Order book with CRC32 checksum")
+async def book(request: Request, market: str, depth: int = Query(default=50, ge=1, le=1000)) -> Any:
+    rt = runtime(request)
+    market_spec(rt, market)
+    return rt.marketdata.book_snapshot(market, depth)
+
+
+@router.get("/markets/{market}/trades", responses=ERR, summary="Recent trades, newest first")
+async def trades(
+    request: Request, market: str, limit: int = Query(default=100, ge=1, le=1000)
+) -> Any:
+    rt = runtime(request)
+    market_spec(rt, market)
+    return {"trades": rt.marketdata.recent_trades(market, limit)}
+
+
+@router.get("/markets/{market}/candles", responses=ERR, summary="OHLCV candles, oldest first")
+async def candles(
+    request: Request,
+    market: str,
+    interval: str = Query(default="1m", pattern="^(1m|5m|1h)$"),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> Any:
+    rt = runtime(request)
+    market_spec(rt, market)
+    return {"candles": rt.marketdata.candles(market, interval, limit)}
+
+
+@router.get("/markets/{market}/ticker", responses=ERR, summary="Best bid/ask, last, 24h figures")
+async def ticker(request: Request, market: str) -> Any:
+    rt = runtime(request)
+    market_spec(rt, market)
+    return rt.marketdata.ticker(market, int(time.time() * 1000))
+
+
+@router.get("/markets/{market}", responses=ERR, summary="One market")
+async def one_market(request: Request, market: str) -> Any:
+    rt = runtime(request)
+    spec = market_spec(rt, market)
+    return market_wire(spec, rt.marketdata.market_state(market))
+
+
+@metrics_router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+async def metrics(request: Request) -> str:
+    return render_metrics(runtime(request))
+
+
+def not_found() -> ApiError:
+    return ApiError("NOT_FOUND", "no such route")

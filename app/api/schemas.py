@@ -1,0 +1,126 @@
+"""Request bodies of API.md. Unknown fields are rejected (422), never ignored.
+
+Prices, sizes and amounts are decimal strings; they are converted to integers
+in `app.api.convert`, where the market's tick and lot are known.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Decimal = Field(min_length=1, max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+ClientId = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-.:]+$")
+Permission = Literal["read", "trade", "withdraw"]
+Stp = Literal["cancel_taker", "cancel_maker", "cancel_both", "decrement"]
+
+
+class OrderRequest(Body):
+    market: str = Field(min_length=1, max_length=32)
+    side: Literal["buy", "sell"]
+    type: Literal[
+        "limit", "market", "stop_market", "stop_limit", "take_profit_market", "take_profit_limit"
+    ] = "limit"
+    price: str | None = Field(
+        default=None, min_length=1, max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$"
+    )
+    size: str = Decimal
+    time_in_force: Literal["gtc", "ioc", "fok", "post_only", "gtt"] | None = None
+    expire_ts: int | None = None
+    reduce_only: bool = False
+    client_order_id: str | None = ClientId
+    trigger_price: str | None = Field(
+        default=None, min_length=1, max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$"
+    )
+    stp: Stp | None = None
+
+
+class BatchRequest(Body):
+    orders: list[OrderRequest] = Field(min_length=1)
+    atomic: bool = False
+
+
+class CancelItem(Body):
+    order_id: str | None = None
+    client_order_id: str | None = ClientId
+
+
+class CancelBatchRequest(Body):
+    cancels: list[CancelItem] = Field(min_length=1)
+
+
+class AmendRequest(Body):
+    price: str | None = Field(
+        default=None, min_length=1, max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$"
+    )
+    size: str | None = Field(
+        default=None, min_length=1, max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$"
+    )
+
+
+class SettingsRequest(Body):
+    auto_borrow: bool | None = None
+    stp: Stp | None = None
+
+
+class WithdrawalRequest(Body):
+    asset: str = Field(min_length=1, max_length=16)
+    amount: str = Decimal
+    withdrawal_id: str = Field(min_length=1, max_length=64)
+    allow_borrow: bool = False
+
+
+class KeyRequest(Body):
+    permissions: list[Permission] = Field(min_length=1)
+    label: str = Field(default="", max_length=64)
+
+
+class AccountRequest(Body):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class DepositRequest(Body):
+    account_id: str = Field(min_length=1, max_length=20)
+    asset: str = Field(min_length=1, max_length=16)
+    amount: str = Decimal
+    deposit_id: str = Field(min_length=1, max_length=64)
+
+
+class MarketStateRequest(Body):
+    state: Literal["open", "reduce_only", "cancel_only", "halted"]
+
+
+class FeeTierRequest(Body):
+    tier: int = Field(ge=0)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: `{"error": {"code", "message"}}`."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting the error body for each status."""
+    text = {
+        400: "Business rejection (code names the rule)",
+        401: "Missing or bad signature",
+        403: "Missing permission",
+        404: "Unknown object (or another account's)",
+        409: "Duplicate id",
+        422: "Malformed input or unknown field",
+        429: "Rate limited (see Retry-After)",
+        503: "Not accepting commands",
+    }
+    return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}

@@ -1,0 +1,222 @@
+"""`exchange` command line: serve, migrate, and operator actions over the API.
+
+Rule owned here: the CLI never writes the journal itself (the running server's
+sequencer is the only writer); operator actions go through the HTTP API with
+the operator key, using the shared client library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from typing import Any
+
+from app.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    return Settings(**overrides)
+
+
+async def _schema_ready(url: str) -> str | None:
+    from app.store import Store
+
+    store = await Store.open(url)
+    try:
+        await store.max_seq()
+        return None
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+    finally:
+        await store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.runtime import admin_credentials
+
+    settings = _settings(args)
+    problem = asyncio.run(_schema_ready(settings.database_url))
+    if problem is not None:
+        print(
+            f"database is not ready ({problem}); run `exchange db upgrade` first", file=sys.stderr
+        )
+        return 2
+    key, secret, generated = admin_credentials(settings)
+    source = "generated, saved in" if generated else "from"
+    where = (
+        "EXCHANGE_ADMIN_KEY/SECRET"
+        if settings.admin_key
+        else f"{settings.data_dir}/admin-credentials.json"
+    )
+    print(
+        f"operator credentials ({source} {where}):\n  api_key:    {key}\n  api_secret: {secret}",
+        flush=True,
+    )
+    print(
+        f"serving on http://{settings.host}:{settings.port} (database {settings.database_url})",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=os.environ.get("EXCHANGE_LOG_LEVEL", "info").lower(),
+        ws="websockets-sansio",
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from app.db import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url)
+    print(f"database at head: {settings.database_url}")
+    return 0
+
+
+def _admin_client(args: argparse.Namespace) -> Any:
+    from app.runtime import admin_credentials
+    from exchange_client import ExchangeClient
+
+    settings = Settings()
+    key, secret, _ = admin_credentials(settings)
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    return ExchangeClient(url, api_key=key, api_secret=secret)
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _call(fn: Any, *a: Any, **kw: Any) -> int:
+    from exchange_client import ApiError
+
+    try:
+        _print(fn(*a, **kw))
+        return 0
+    except ApiError as err:
+        print(f"error {err.status} {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"cannot reach the server: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_accounts_create(args: argparse.Namespace) -> int:
+    with _admin_client(args) as client:
+        return _call(client.create_account, args.name)
+
+
+def cmd_deposit(args: argparse.Namespace) -> int:
+    with _admin_client(args) as client:
+        return _call(
+            client.deposit,
+            args.account,
+            args.asset,
+            args.amount,
+            args.deposit_id or f"cli-{uuid.uuid4().hex}",
+        )
+
+
+def cmd_market_state(args: argparse.Namespace) -> int:
+    with _admin_client(args) as client:
+        return _call(client.set_market_state, args.market, args.state)
+
+
+def cmd_keys_create_admin(args: argparse.Namespace) -> int:
+    """Write a fresh operator key pair to the data dir; the server uses it from its next start."""
+    import secrets
+    from pathlib import Path
+
+    settings = Settings()
+    path = Path(settings.data_dir) / "admin-credentials.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"api_key": "admin-" + secrets.token_hex(8), "api_secret": secrets.token_hex(32)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    _print(
+        {
+            **data,
+            "permissions": ["admin"],
+            "file": str(path),
+            "note": "restart the server to use it (EXCHANGE_ADMIN_KEY/SECRET take precedence)",
+        }
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="exchange", description="Spot exchange server and operator tools"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("upgrade", help="migrate to the latest schema").set_defaults(fn=cmd_db_upgrade)
+
+    acc = sub.add_parser("accounts", help="accounts").add_subparsers(
+        dest="acc_command", required=True
+    )
+    ac = acc.add_parser("create", help="create an account (prints its API key and secret)")
+    ac.add_argument("--name", required=True)
+    ac.add_argument("--url", help="server URL (default http://EXCHANGE_HOST:EXCHANGE_PORT)")
+    ac.set_defaults(fn=cmd_accounts_create)
+
+    d = sub.add_parser("deposit", help="credit a deposit")
+    d.add_argument("account")
+    d.add_argument("asset")
+    d.add_argument("amount")
+    d.add_argument("--deposit-id", help="idempotency id (default: a new uuid)")
+    d.add_argument("--url")
+    d.set_defaults(fn=cmd_deposit)
+
+    m = sub.add_parser("market-state", help="set a market's state")
+    m.add_argument("market")
+    m.add_argument("state", choices=["open", "reduce_only", "cancel_only", "halted"])
+    m.add_argument("--url")
+    m.set_defaults(fn=cmd_market_state)
+
+    k = sub.add_parser("keys", help="operator keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    k.add_parser("create-admin", help="write a new operator key pair").set_defaults(
+        fn=cmd_keys_create_admin
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    code: int = args.fn(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Process settings (environment, prefix `EXCHANGE_`) and the markets file loader.
+
+Rule owned here: configuration is read once at start and validated before the
+engine sees it; a markets file with any problem refuses to load (ValueError
+listing every problem), it is never half applied. File format: docs/markets.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.fixedpoint import parse_units
+from engine.markets import AssetSpec, ExchangeConfig, FeeTier, MarketSpec, default_config
+from engine.types import MarketKind
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./data/exchange.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_key: str | None = None
+    admin_secret: str | None = None
+    markets: str | None = None  # path to a JSON markets file; None = built-in defaults
+    rate_limits: Literal["on", "off"] = "on"
+    data_dir: str = "./data"
+    recv_window_ms: int = 5000
+    batch_max: int = 512  # sequencer: max commands per group commit
+    ws_queue_size: int = 1000
+
+    @property
+    def rate_limits_enabled(self) -> bool:
+        return self.rate_limits == "on"
+
+
+def load_exchange_config(path: str | None) -> ExchangeConfig:
+    """The built-in config for None, else the JSON markets file at `path`."""
+    if path is None:
+        return default_config()
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"markets file {path}: {exc}") from exc
+    problems: list[str] = []
+    config = _build(raw, problems)
+    if config is not None:
+        problems.extend(config.validate())
+    if problems or config is None:
+        raise ValueError(f"markets file {path}: " + "; ".join(problems))
+    return config
+
+
+def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
+    if not isinstance(raw, dict):
+        problems.append("top level must be an object")
+        return None
+    unknown = set(raw) - {"assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm"}
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)}")
+    if not isinstance(raw.get("assets"), dict) or not isinstance(raw.get("markets"), list):
+        problems.append('"assets" must be an object and "markets" a list')
+        return None
+    assets: dict[str, AssetSpec] = {}
+    for symbol, spec in raw["assets"].items():
+        decimals = spec.get("decimals") if isinstance(spec, dict) else None
+        if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 18:
+            problems.append(f"asset {symbol}: decimals must be an integer 0..18")
+            continue
+        assets[symbol] = AssetSpec(symbol, decimals)
+    markets: dict[str, MarketSpec] = {}
+    for item in raw["markets"]:
+        market = _market(item, assets, problems)
+        if market is not None:
+            if market.symbol in markets:
+                problems.append(f"{market.symbol}: defined twice")
+            markets[market.symbol] = market
+    extra: dict[str, Any] = {}
+    if "fee_tiers" in raw:
+        fee_tiers: dict[int, FeeTier] = {}
+        tiers = raw["fee_tiers"] if isinstance(raw["fee_tiers"], dict) else {}
+        for tier_id, tier in tiers.items():
+            try:
+                fee_tiers[int(tier_id)] = FeeTier(int(tier["maker_ppm"]), int(tier["taker_ppm"]))
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"fee tier {tier_id}: needs integer maker_ppm and taker_ppm")
+        extra["fee_tiers"] = fee_tiers
+    for key in ("max_batch", "market_slippage_ppm"):
+        if key in raw:
+            if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 0:
+                problems.append(f"{key} must be a non-negative integer")
+            else:
+                extra[key] = raw[key]
+    if not markets:
+        problems.append("no markets defined")
+    if problems:
+        return None
+    return ExchangeConfig(assets=assets, markets=markets, **extra)
+
+
+def _market(item: Any, assets: dict[str, AssetSpec], problems: list[str]) -> MarketSpec | None:
+    if not isinstance(item, dict):
+        problems.append("each market must be an object")
+        return None
+    symbol = item.get("symbol", "?")
+    try:
+        kind = MarketKind(item["kind"])
+        base, quote = assets[item["base"]], assets[item["quote"]]
+    except KeyError as exc:
+        problems.append(f"market {symbol}: missing or unknown {exc}")
+        return None
+    except ValueError:
+        problems.append(f"market {symbol}: kind must be one of {[k.value for k in MarketKind]}")
+        return None
+    try:
+        return MarketSpec(
+            symbol=symbol, kind=kind, base=base.symbol, quote=quote.symbol,
+            tick=parse_units(item["tick"], quote.decimals),
+            lot=parse_units(item["lot"], base.decimals),
+            min_size=parse_units(item["min_size"] if "min_size" in item else item["lot"],
+                                 base.decimals),
+            base_decimals=base.decimals, quote_decimals=quote.decimals,
+            max_price=parse_units(item["max_price"], quote.decimals) if "max_price" in item else 0,
+        )
+    except KeyError as exc:
+        problems.append(f"market {symbol}: missing {exc}")
+    except ValueError as exc:
+        problems.append(f"market {symbol}: {exc}")
+    return None

@@ -1,0 +1,90 @@
+"""The FastAPI application: routers, error bodies, lifespan.
+
+Rule owned here: every error leaves as `{"error": {"code", "message"}}` with the
+status from `app.errors` (validation errors and malformed JSON are 422, unknown
+routes 404), and the server takes commands only after the journal is replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api import account, admin, orders, public
+from app.config import Settings
+from app.errors import ApiError, all_codes
+from app.runtime import Runtime
+from app.ws import endpoint as ws_endpoint
+
+log = logging.getLogger("exchange.api")
+
+DESCRIPTION = """Spot exchange API (wire contract v1). Signed routes need `X-API-Key`,
+`X-Timestamp` (ms) and `X-Signature` = hex HMAC-SHA256(secret, timestamp + METHOD +
+path_with_query + body). Errors are `{"error": {"code", "message"}}`; the codes:
+
+""" + "\n".join(f"* `{code}` ({status})" for code, status in sorted(all_codes().items()))
+
+
+def _error_response(err: ApiError) -> ORJSONResponse:
+    return ORJSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or Settings()
+    rt = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.stop()
+
+    app = FastAPI(
+        title="exchange",
+        version="1.0.0",
+        description=DESCRIPTION,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> ORJSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error_response(ApiError("MALFORMED_JSON", "the body is not valid JSON"))
+        first: dict[str, Any] = dict(errors[0]) if errors else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{loc}: {first.get('msg', 'invalid input')}" if loc else str(first.get("msg"))
+        return _error_response(ApiError("VALIDATION_ERROR", message))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return _error_response(ApiError(code, str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error_response(ApiError("INTERNAL_ERROR", "unexpected server error", status=500))
+
+    app.include_router(public.router)
+    app.include_router(public.metrics_router)
+    app.include_router(admin.router)
+    app.include_router(orders.router)
+    app.include_router(account.router)
+    app.include_router(ws_endpoint.router)
+    return app

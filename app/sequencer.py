@@ -1,0 +1,225 @@
+"""The sequencer: the one writer that owns the engine.
+
+Rules owned here:
+* handlers never touch the engine; they `submit` a command (or a read-only
+  `query`) and await the result;
+* commands are drained in batches (group commit): each is stamped with the next
+  gapless `seq` and a non-decreasing `ts`, applied, and the whole batch is
+  written to the store in ONE transaction;
+* only after that commit are callers acknowledged and events published; queries
+  in the batch run after the commit, so they only ever see committed state;
+* if the commit fails, nothing in the batch is acknowledged, the sequencer
+  stops taking commands (`ServiceUnavailable`) and rebuilds the engine from the
+  journal once the database answers again. Memory never runs ahead of disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from engine.commands import Command, Tick
+from engine.events import Event
+from engine.exchange import Exchange
+
+log = logging.getLogger("exchange.sequencer")
+T = TypeVar("T")
+
+Entry = tuple[int, int, Command, list[Event]]
+
+
+class ServiceUnavailable(Exception):
+    """The sequencer is recovering or the store failed; the command was not applied."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class _Item:
+    future: asyncio.Future[Any]
+    command: Command | None = None
+    query: Callable[[Exchange], Any] | None = None
+
+
+@dataclass(slots=True)
+class SequencerStats:
+    commands: int = 0
+    batches: int = 0
+    last_batch_size: int = 0
+    commit_seconds: list[float] = field(default_factory=list)
+    apply_seconds_total: float = 0.0
+    commit_failures: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Sequencer:
+    def __init__(
+        self,
+        engine: Exchange,
+        write_batch: Callable[[Sequence[Entry]], Awaitable[None]],
+        publish: Callable[[Sequence[Entry]], None],
+        recover: Callable[[], Awaitable[Exchange]],
+        batch_max: int = 512,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        tick_interval_s: float = 0.1,
+    ) -> None:
+        self.engine = engine
+        self._write_batch = write_batch
+        self._publish = publish
+        self._recover = recover
+        self._batch_max = batch_max
+        self._clock_ms = clock_ms
+        self._tick_interval = tick_interval_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.seq = engine.last_seq
+        self.last_ts = engine.last_ts
+        self.ready = False  # False while recovering: submit() answers 503
+        self.stats = SequencerStats()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------- callers
+    async def submit(self, command: Command) -> list[Event]:
+        """Apply a command; returns its events once they are durable."""
+        if not self.ready:
+            raise ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is recovering")
+        fut: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(fut, command=command))
+        return await fut
+
+    async def query(self, fn: Callable[[Exchange], T]) -> T:
+        """Run a read-only function on committed engine state, between batches."""
+        if not self.ready:
+            raise ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is recovering")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(fut, query=fn))
+        return await fut
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # ------------------------------------------------------------------- loop
+    def start(self) -> None:
+        self.ready = True
+        self._tasks = [
+            asyncio.create_task(self._run(), name="sequencer"),
+            asyncio.create_task(self._ticker(), name="sequencer-ticks"),
+        ]
+
+    async def stop(self) -> None:
+        self.ready = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._fail_pending(ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is stopping"))
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._process(batch)
+
+    async def _process(self, batch: list[_Item]) -> None:
+        entries: list[Entry] = []
+        owners: list[_Item] = []
+        queries: list[_Item] = []
+        t0 = time.perf_counter()
+        for item in batch:
+            if item.command is None:
+                queries.append(item)
+                continue
+            seq = self.seq + 1
+            ts = max(self._clock_ms(), self.last_ts)
+            cmd = replace(item.command, seq=seq, ts=ts)
+            events = self.engine.apply(cmd)
+            self.seq, self.last_ts = seq, ts
+            entries.append((seq, ts, cmd, events))
+            owners.append(item)
+            name = type(cmd).__name__
+            self.stats.by_type[name] = self.stats.by_type.get(name, 0) + 1
+        self.stats.apply_seconds_total += time.perf_counter() - t0
+        if entries:
+            t1 = time.perf_counter()
+            try:
+                await self._write_batch(entries)
+            except Exception as exc:  # the batch is lost to memory: recover from disk
+                log.error(
+                    "journal commit failed at seq %d-%d: %r", entries[0][0], entries[-1][0], exc
+                )
+                self.stats.commit_failures += 1
+                error = ServiceUnavailable("COMMIT_FAILED", "the journal commit failed; recovering")
+                for item in owners + queries:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                await self._enter_recovery()
+                return
+            elapsed = time.perf_counter() - t1
+            stats = self.stats
+            stats.commit_seconds.append(elapsed)
+            if len(stats.commit_seconds) > 10_000:
+                del stats.commit_seconds[:5_000]
+            stats.commands += len(entries)
+            stats.batches += 1
+            stats.last_batch_size = len(entries)
+            try:
+                self._publish(entries)
+            except Exception:  # a read-model bug must not lose acknowledgements
+                log.exception("publishing seq %d-%d failed", entries[0][0], entries[-1][0])
+            for item, (_, _, _, events) in zip(owners, entries, strict=True):
+                if not item.future.done():
+                    item.future.set_result(events)
+        for item in queries:
+            if item.future.done() or item.query is None:
+                continue
+            try:
+                item.future.set_result(item.query(self.engine))
+            except Exception as exc:
+                item.future.set_exception(exc)
+
+    async def _enter_recovery(self) -> None:
+        """Stop taking commands, fail what is queued, rebuild from the journal when possible."""
+        self.ready = False
+        self._fail_pending(
+            ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is recovering")
+        )
+        delay = 0.2
+        while True:
+            try:
+                self.engine = await self._recover()
+                break
+            except Exception as exc:
+                log.warning("recovery attempt failed: %r; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.seq, self.last_ts = self.engine.last_seq, self.engine.last_ts
+        self.ready = True
+        log.info("recovered from the journal at seq %d", self.seq)
+
+    def _fail_pending(self, error: Exception) -> None:
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    async def _ticker(self) -> None:
+        """Inject a journaled `Tick` when the engine has a deadline due (GTT expiry)."""
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            if not self.ready:
+                continue
+            deadline = self.engine.next_deadline()
+            if deadline is not None and deadline <= self._clock_ms():
+                with contextlib.suppress(ServiceUnavailable):
+                    await self.submit(Tick())

@@ -1,0 +1,298 @@
+"""The Store: one transaction per sequencer batch, journal rows plus their projections.
+
+Rules owned here:
+* `write_batch` commits the journal rows and every projection of their events
+  together, or nothing (DESIGN section 10); projections are coalesced within a
+  batch (last order view, last balance) and written with one executemany per table.
+* A journal row's checksum is `crc32(f"{seq}:{ts}:{command_json}")`, with the
+  command JSON from `engine.codec.encode` serialized by orjson with sorted keys.
+* `read_journal` yields gapless seqs with verified checksums, or raises JournalCorrupt.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from functools import partial
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Table, bindparam, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.store import tables as t
+from engine import codec
+from engine.commands import Command
+from engine.events import (
+    AccountCreated,
+    AccountSettingsChanged,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    Event,
+    MarketStateChanged,
+    OrderUpdate,
+    TradeEvent,
+    Transfer,
+)
+
+Entry = tuple[int, int, Command, Sequence[Event]]
+
+
+class JournalCorrupt(Exception):
+    """The journal cannot be trusted from `seq` on: a gap, a bad checksum or bad content."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"journal corrupt at seq {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason
+
+
+def command_json(command: Command) -> str:
+    return orjson.dumps(codec.encode(command), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def journal_checksum(seq: int, ts: int, command_text: str) -> int:
+    return zlib.crc32(f"{seq}:{ts}:{command_text}".encode())
+
+
+class _Rows:
+    """The rows one batch produces, already coalesced."""
+
+    __slots__ = ("journal", "accounts", "settings", "keys", "revoked", "ledger", "balances",
+                 "orders", "trades", "fills", "states")
+
+    def __init__(self) -> None:
+        self.journal: list[dict[str, Any]] = []
+        self.accounts: list[dict[str, Any]] = []
+        self.settings: dict[int, dict[str, Any]] = {}
+        self.keys: list[dict[str, Any]] = []
+        self.revoked: list[dict[str, Any]] = []
+        self.ledger: list[dict[str, Any]] = []
+        self.balances: dict[tuple[int, str], int] = {}
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.trades: list[dict[str, Any]] = []
+        self.fills: list[dict[str, Any]] = []
+        self.states: dict[str, str] = {}
+
+
+def _project(entries: Sequence[Entry]) -> _Rows:
+    r = _Rows()
+    for seq, ts, command, events in entries:
+        cmd_text = command_json(command)
+        r.journal.append({"seq": seq, "ts": ts, "command": cmd_text,
+                          "checksum": journal_checksum(seq, ts, cmd_text)})
+        for ev in events:
+            if isinstance(ev, OrderUpdate):
+                o = ev.order
+                r.orders[o.order_id] = {
+                    "order_id": o.order_id, "account_id": o.account_id,
+                    "client_order_id": o.client_order_id, "market": o.market,
+                    "side": o.side.value, "type": o.type.value, "tif": o.tif.value,
+                    "price": o.price, "trigger_price": o.trigger_price, "size": o.size,
+                    "filled": o.filled, "filled_notional": o.filled_notional,
+                    "status": o.status.value, "reduce_only": o.reduce_only, "stp": o.stp.value,
+                    "expire_ts": o.expire_ts, "created_ts": o.created_ts,
+                    "updated_ts": o.updated_ts, "cancel_reason": o.cancel_reason,
+                }
+            elif isinstance(ev, Transfer):
+                _transfer(r, ev, seq)
+            elif isinstance(ev, TradeEvent):
+                _trade(r, ev, seq)
+            elif isinstance(ev, AccountCreated):
+                r.accounts.append({"account_id": ev.account_id, "name": ev.name,
+                                   "tier": ev.tier, "stp": "cancel_taker",
+                                   "auto_borrow": False, "created_ts": ev.ts})
+            elif isinstance(ev, AccountSettingsChanged):
+                r.settings[ev.account_id] = {"b_account_id": ev.account_id,
+                                             "stp": ev.stp.value,
+                                             "auto_borrow": ev.auto_borrow, "tier": ev.tier}
+            elif isinstance(ev, ApiKeyCreated):
+                r.keys.append({"api_key": ev.api_key, "account_id": ev.account_id,
+                               "secret": ev.api_secret, "permissions": ",".join(ev.permissions),
+                               "label": ev.label, "created_ts": ev.ts, "revoked": False})
+            elif isinstance(ev, ApiKeyRevoked):
+                r.revoked.append({"b_api_key": ev.api_key, "revoked": True})
+            elif isinstance(ev, MarketStateChanged):
+                r.states[ev.market] = ev.state.value
+    return r
+
+
+def _transfer(r: _Rows, tr: Transfer, seq: int) -> None:
+    reason = tr.reason.value
+    r.ledger.append({"transfer_id": tr.transfer_id, "account_id": tr.from_account,
+                     "asset": tr.asset, "amount": -tr.amount, "balance_after": tr.from_balance,
+                     "reason": reason, "ref": tr.ref, "counterparty": tr.to_account,
+                     "ts": tr.ts, "seq": seq})
+    r.ledger.append({"transfer_id": tr.transfer_id, "account_id": tr.to_account,
+                     "asset": tr.asset, "amount": tr.amount, "balance_after": tr.to_balance,
+                     "reason": reason, "ref": tr.ref, "counterparty": tr.from_account,
+                     "ts": tr.ts, "seq": seq})
+    r.balances[(tr.from_account, tr.asset)] = tr.from_balance
+    r.balances[(tr.to_account, tr.asset)] = tr.to_balance
+
+
+def _trade(r: _Rows, te: TradeEvent, seq: int) -> None:
+    taker_side = te.taker_side.value
+    r.trades.append({"trade_id": te.trade_id, "market": te.market, "price": te.price,
+                     "size": te.size, "taker_side": taker_side,
+                     "maker_order_id": te.maker_order_id, "taker_order_id": te.taker_order_id,
+                     "maker_account": te.maker_account, "taker_account": te.taker_account,
+                     "maker_fee": te.maker_fee, "taker_fee": te.taker_fee, "ts": te.ts,
+                     "seq": seq})
+    r.fills.append({"account_id": te.maker_account, "trade_id": te.trade_id,
+                    "order_id": te.maker_order_id, "market": te.market,
+                    "side": te.taker_side.opposite.value, "price": te.price, "size": te.size,
+                    "fee": te.maker_fee, "liquidity": "maker", "ts": te.ts})
+    r.fills.append({"account_id": te.taker_account, "trade_id": te.trade_id,
+                    "order_id": te.taker_order_id, "market": te.market, "side": taker_side,
+                    "price": te.price, "size": te.size, "fee": te.taker_fee,
+                    "liquidity": "taker", "ts": te.ts})
+
+
+class _Prepared:
+    """A statement compiled once for the dialect, executed with positional driver params.
+
+    Bypasses per-row SQLAlchemy parameter processing: every column type used here
+    (BigInteger, Integer, String, Text, Boolean) goes to the driver unchanged.
+    """
+
+    __slots__ = ("sql", "_getter")
+
+    def __init__(self, dialect: Dialect, stmt: Any, keys: list[str] | None = None) -> None:
+        if keys is None:
+            keys = [c.name for c in stmt.table.columns]
+        compiled = stmt.compile(dialect=dialect, column_keys=keys)
+        self.sql = str(compiled)
+        self._getter = itemgetter(*compiled.positiontup)
+
+    def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        getter = self._getter
+        return [getter(row) for row in rows]
+
+
+class Store:
+    """Async access to the database; the sequencer is its only writer."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+        def upsert(table: Table) -> Any:
+            stmt = insert(table)
+            keys = [c.name for c in table.primary_key.columns]
+            rest = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+            return stmt.on_conflict_do_update(index_elements=keys, set_=rest)
+
+        prep = partial(_Prepared, engine.dialect)
+        self._journal = prep(t.journal.insert())
+        self._accounts = prep(t.accounts.insert())
+        self._settings = prep(
+            t.accounts.update().where(t.accounts.c.account_id == bindparam("b_account_id")),
+            ["stp", "auto_borrow", "tier"])
+        self._keys = prep(t.api_keys.insert())
+        self._revoke = prep(
+            t.api_keys.update().where(t.api_keys.c.api_key == bindparam("b_api_key")),
+            ["revoked"])
+        self._ledger = prep(t.ledger.insert())
+        self._balances = prep(upsert(t.balances))
+        self._orders = prep(upsert(t.orders))
+        self._trades = prep(t.trades.insert())
+        self._fills = prep(t.fills.insert())
+        self._states = prep(upsert(t.market_states))
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        if ensure_sqlite_dir(url):
+            engine = create_async_engine(url)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(
+                url, connect_args={"server_settings": {"synchronous_commit": "on"}},
+                pool_pre_ping=True,
+            )
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def write_batch(self, entries: Sequence[Entry]) -> None:
+        """Journal rows and projections of `entries` in one transaction."""
+        if not entries:
+            return
+        r = _project(entries)
+        steps: list[tuple[_Prepared, Sequence[dict[str, Any]]]] = [
+            (self._journal, r.journal), (self._accounts, r.accounts),
+            (self._settings, list(r.settings.values())), (self._keys, r.keys),
+            (self._revoke, r.revoked), (self._ledger, r.ledger),
+            (self._balances, [{"account_id": acct, "asset": asset, "balance": bal}
+                              for (acct, asset), bal in r.balances.items()]),
+            (self._orders, list(r.orders.values())), (self._trades, r.trades),
+            (self._fills, r.fills),
+            (self._states, [{"market": m, "state": st} for m, st in r.states.items()]),
+        ]
+        async with self.engine.begin() as conn:
+            for prepared, rows in steps:
+                if rows:
+                    await conn.exec_driver_sql(prepared.sql, prepared.params(rows))
+
+    async def max_seq(self) -> int:
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(select(func.max(t.journal.c.seq)))
+        return int(value or 0)
+
+    async def read_journal(
+        self, after_seq: int = 0, batch: int = 5000
+    ) -> AsyncIterator[tuple[int, int, Command]]:
+        """Commands after `after_seq` in order, checked for gaps and checksums."""
+        j = t.journal
+        expected = after_seq + 1
+        while True:
+            query = (select(j.c.seq, j.c.ts, j.c.command, j.c.checksum)
+                     .where(j.c.seq >= expected).order_by(j.c.seq).limit(batch))
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            if not rows:
+                return
+            for seq, ts, cmd_text, checksum in rows:
+                if seq != expected:
+                    raise JournalCorrupt(expected, f"missing; the next row is seq {seq}")
+                if journal_checksum(seq, ts, cmd_text) != checksum:
+                    raise JournalCorrupt(seq, "checksum mismatch")
+                try:
+                    command = codec.decode(orjson.loads(cmd_text))
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise JournalCorrupt(seq, f"undecodable command: {exc}") from exc
+                yield seq, ts, command
+                expected += 1
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+
+def ensure_sqlite_dir(url: str) -> bool:
+    """True for a SQLite URL, after creating the parent directory of its file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    db = parsed.database
+    if db and db != ":memory:" and not db.startswith("file:"):
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=OFF",
+                   "busy_timeout=5000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()

@@ -1,0 +1,109 @@
+"""Table definitions (SQLAlchemy Core). The migrations in `migrations/versions` mirror them.
+
+Rule owned here: money, prices, sizes, ids and timestamps (ms) are BigInteger;
+enums are stored as their `.value` strings; no float column exists.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+
+def _id(name: str) -> Column[int]:
+    return Column(name, BigInteger, primary_key=True, autoincrement=False)
+
+
+def _big(name: str, nullable: bool = False) -> Column[int]:
+    return Column(name, BigInteger, nullable=nullable)
+
+
+def _str(name: str, nullable: bool = False) -> Column[str]:
+    return Column(name, String, nullable=nullable)
+
+
+journal = Table(
+    "journal", metadata,
+    _id("seq"), _big("ts"), Column("command", Text, nullable=False), _big("checksum"),
+)
+
+accounts = Table(
+    "accounts", metadata,
+    _id("account_id"), _str("name"), Column("tier", Integer, nullable=False), _str("stp"),
+    Column("auto_borrow", Boolean, nullable=False), _big("created_ts"),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("api_key", String, primary_key=True), _big("account_id"), _str("secret"),
+    _str("permissions"), _str("label"), _big("created_ts"),
+    Column("revoked", Boolean, nullable=False),
+)
+
+orders = Table(
+    "orders", metadata,
+    _id("order_id"), _big("account_id"), _str("client_order_id", True), _str("market"),
+    _str("side"), _str("type"), _str("tif"), _big("price", True), _big("trigger_price", True),
+    _big("size"), _big("filled"), _big("filled_notional"), _str("status"),
+    Column("reduce_only", Boolean, nullable=False), _str("stp"), _big("expire_ts", True),
+    _big("created_ts"), _big("updated_ts"), _str("cancel_reason", True),
+    Index("ix_orders_account_status", "account_id", "status"),
+    Index("ix_orders_account_market_order", "account_id", "market", "order_id"),
+    Index("ix_orders_account_client_id", "account_id", "client_order_id"),
+)
+
+trades = Table(
+    "trades", metadata,
+    _id("trade_id"), _str("market"), _big("price"), _big("size"), _str("taker_side"),
+    _big("maker_order_id"), _big("taker_order_id"), _big("maker_account"),
+    _big("taker_account"), _big("maker_fee"), _big("taker_fee"), _big("ts"), _big("seq"),
+    Index("ix_trades_market_trade", "market", "trade_id"),
+)
+
+fills = Table(
+    "fills", metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("trade_id", BigInteger, primary_key=True, autoincrement=False),
+    _big("order_id"), _str("market"), _str("side"), _big("price"), _big("size"), _big("fee"),
+    _str("liquidity"), _big("ts"),
+    Index("ix_fills_account_market_trade", "account_id", "market", "trade_id"),
+)
+
+balances = Table(
+    "balances", metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("asset", String, primary_key=True),
+    _big("balance"),
+)
+
+ledger = Table(
+    "ledger", metadata,
+    Column("transfer_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    _str("asset"), _big("amount"), _big("balance_after"), _str("reason"), _str("ref"),
+    _big("counterparty"), _big("ts"), _big("seq"),
+    Index("ix_ledger_account_asset_transfer", "account_id", "asset", "transfer_id"),
+)
+
+market_states = Table(
+    "market_states", metadata,
+    Column("market", String, primary_key=True), _str("state"),
+)
+
+snapshots = Table(
+    "snapshots", metadata,
+    _id("seq"), _big("ts"), _str("state_hash"), _big("checksum"),
+    Column("data", LargeBinary, nullable=False),
+)

@@ -1,0 +1,158 @@
+"""Engine values -> wire JSON (API.md): the one place integers become decimal strings.
+
+Rule owned here: every price, size and amount leaves the server as a decimal
+string formatted from integer atomic units, ids leave as strings, and the same
+object is rendered the same way whether it comes from an event (live) or from
+a database row (history).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from engine.events import OrderView, TradeEvent, Transfer
+from engine.fixedpoint import format_units
+from engine.markets import ExchangeConfig, MarketSpec
+
+
+def _val(v: Any) -> Any:
+    return v.value if hasattr(v, "value") else v
+
+
+def _opt_price(spec: MarketSpec, v: int | None) -> str | None:
+    return None if v is None else spec.fmt_price(v)
+
+
+def avg_price(spec: MarketSpec, filled: int, filled_notional: int) -> str | None:
+    if filled <= 0:
+        return None
+    exact = Decimal(filled_notional) * (Decimal(10) ** spec.base_decimals) / Decimal(filled)
+    quantum = Decimal(1).scaleb(-spec.quote_decimals)
+    return format(
+        (exact / (Decimal(10) ** spec.quote_decimals))
+        .quantize(quantum, ROUND_HALF_EVEN)
+        .normalize(),
+        "f",
+    )
+
+
+def order_wire(config: ExchangeConfig, order: OrderView | Mapping[str, Any]) -> dict[str, Any]:
+    d = asdict(order) if isinstance(order, OrderView) else dict(order)
+    spec = config.markets[d["market"]]
+    status = _val(d["status"])
+    live = status in ("open", "partially_filled", "untriggered")
+    return {
+        "order_id": str(d["order_id"]),
+        "client_order_id": d["client_order_id"],
+        "market": d["market"],
+        "side": _val(d["side"]),
+        "type": _val(d["type"]),
+        "price": _opt_price(spec, d["price"]),
+        "trigger_price": _opt_price(spec, d["trigger_price"]),
+        "size": spec.fmt_size(d["size"]),
+        "filled": spec.fmt_size(d["filled"]),
+        "remaining": spec.fmt_size(d["size"] - d["filled"] if live else 0),
+        "avg_fill_price": avg_price(spec, d["filled"], d["filled_notional"]),
+        "status": status,
+        "time_in_force": _val(d["tif"]),
+        "reduce_only": bool(d["reduce_only"]),
+        "stp": _val(d["stp"]),
+        "expire_ts": d["expire_ts"],
+        "cancel_reason": d["cancel_reason"],
+        "created_ts": d["created_ts"],
+        "updated_ts": d["updated_ts"],
+    }
+
+
+def fill_from_trade(config: ExchangeConfig, t: TradeEvent, account_id: int) -> dict[str, Any]:
+    """The fill of `account_id` in trade `t` (taker or maker side)."""
+    spec = config.markets[t.market]
+    taker = t.taker_account == account_id
+    side = t.taker_side if taker else t.taker_side.opposite
+    return {
+        "trade_id": str(t.trade_id),
+        "order_id": str(t.taker_order_id if taker else t.maker_order_id),
+        "market": t.market,
+        "side": side.value,
+        "price": spec.fmt_price(t.price),
+        "size": spec.fmt_size(t.size),
+        "fee": format_units(t.taker_fee if taker else t.maker_fee, spec.quote_decimals),
+        "fee_asset": spec.quote,
+        "liquidity": "taker" if taker else "maker",
+        "ts": t.ts,
+    }
+
+
+def fill_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
+    spec = config.markets[r["market"]]
+    return {
+        "trade_id": str(r["trade_id"]),
+        "order_id": str(r["order_id"]),
+        "market": r["market"],
+        "side": r["side"],
+        "price": spec.fmt_price(r["price"]),
+        "size": spec.fmt_size(r["size"]),
+        "fee": format_units(r["fee"], spec.quote_decimals),
+        "fee_asset": spec.quote,
+        "liquidity": r["liquidity"],
+        "ts": r["ts"],
+    }
+
+
+def trade_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
+    spec = config.markets[r["market"]]
+    return {
+        "trade_id": str(r["trade_id"]),
+        "market": r["market"],
+        "price": spec.fmt_price(r["price"]),
+        "size": spec.fmt_size(r["size"]),
+        "side": r["taker_side"],
+        "ts": r["ts"],
+    }
+
+
+def transfer_wire(config: ExchangeConfig, t: Transfer, account_id: int) -> dict[str, Any]:
+    """A ledger entry as seen by `account_id` (signed amount, its balance after)."""
+    dec = config.assets[t.asset].decimals
+    paying = t.from_account == account_id
+    return {
+        "entry_id": str(t.transfer_id),
+        "account_id": str(account_id),
+        "asset": t.asset,
+        "amount": format_units(-t.amount if paying else t.amount, dec),
+        "balance_after": format_units(t.from_balance if paying else t.to_balance, dec),
+        "reason": t.reason.value,
+        "ref": t.ref,
+        "ts": t.ts,
+    }
+
+
+def ledger_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
+    dec = config.assets[r["asset"]].decimals
+    return {
+        "entry_id": str(r["transfer_id"]),
+        "account_id": str(r["account_id"]),
+        "asset": r["asset"],
+        "amount": format_units(r["amount"], dec),
+        "balance_after": format_units(r["balance_after"], dec),
+        "reason": r["reason"],
+        "ref": r["ref"],
+        "ts": r["ts"],
+    }
+
+
+def market_wire(spec: MarketSpec, state: str) -> dict[str, Any]:
+    return {
+        "symbol": spec.symbol,
+        "kind": spec.kind.value,
+        "base": spec.base,
+        "quote": spec.quote,
+        "tick_size": spec.fmt_price(spec.tick),
+        "lot_size": spec.fmt_size(spec.lot),
+        "min_size": spec.fmt_size(spec.min_size),
+        "state": state,
+        "risk": None,
+    }

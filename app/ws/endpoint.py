@@ -1,0 +1,250 @@
+"""`GET /v1/ws`: subscriptions, auth, private channels and order entry on one socket.
+
+Rules owned here:
+* a bad frame gets `{"type":"error","error":{...}}` and the socket stays open;
+* `book:M` answers with a full `book_snapshot` first; the deltas that follow
+  chain on its `seq` (snapshot and deltas come from the same read model, which
+  only changes after a commit, so nothing can slip between them);
+* order entry takes the REST bodies and runs the same services as REST;
+* with `cancel_on_disconnect`, closing the socket cancels the account's orders.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from app.api import orders as order_services
+from app.api.deps import submit
+from app.api.schemas import AmendRequest, BatchRequest, OrderRequest
+from app.auth import AuthError
+from app.errors import ApiError
+from app.runtime import Runtime
+from app.ws.hub import PRIVATE_CHANNELS, Connection
+from engine import commands as c
+from engine.types import CancelReason
+
+log = logging.getLogger("exchange.ws")
+router = APIRouter()
+CANDLE_INTERVALS = ("1m", "5m", "1h")
+MAX_FRAME = 64 * 1024
+
+
+def _frame(data: dict[str, Any]) -> str:
+    return orjson.dumps(data).decode()
+
+
+def _error(code: str, message: str, req_id: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "error": {"code": code, "message": message}}
+    if req_id is not None:
+        out["id"] = req_id
+    return out
+
+
+class Session:
+    def __init__(self, rt: Runtime, conn: Connection) -> None:
+        self.rt = rt
+        self.conn = conn
+        self.account_id: int | None = None
+        self.api_key: str | None = None
+        self.cancel_on_disconnect = False
+
+    def reply(self, data: dict[str, Any]) -> None:
+        self.rt.hub.send(self.conn, _frame(data))
+
+    def valid_channel(self, channel: str) -> bool:
+        if channel in PRIVATE_CHANNELS:
+            return True
+        parts = channel.split(":")
+        markets = self.rt.config.markets
+        if len(parts) == 2 and parts[0] in ("book", "trades", "ticker"):
+            return parts[1] in markets
+        if len(parts) == 3 and parts[0] == "candles":
+            return parts[1] in markets and parts[2] in CANDLE_INTERVALS
+        return False
+
+    async def handle(self, text: str) -> None:
+        if len(text) > MAX_FRAME:
+            self.reply(_error("FRAME_TOO_LARGE", f"frames are limited to {MAX_FRAME} bytes"))
+            return
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.reply(_error("MALFORMED_JSON", "the frame is not valid JSON"))
+            return
+        if not isinstance(msg, dict):
+            self.reply(_error("BAD_FRAME", "a frame is a JSON object with an op"))
+            return
+        req_id = msg.get("id")
+        op = msg.get("op")
+        try:
+            await self.dispatch(op, msg, req_id)
+        except ApiError as err:
+            self.reply(self._response_error(op, req_id, err.code, err.message))
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {"msg": "invalid"}
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            self.reply(
+                self._response_error(
+                    op, req_id, "VALIDATION_ERROR", f"{loc}: {first.get('msg')}".strip(": ")
+                )
+            )
+
+    @staticmethod
+    def _response_error(op: Any, req_id: Any, code: str, message: str) -> dict[str, Any]:
+        if isinstance(op, str) and op.startswith("order."):
+            return {"type": "response", "id": req_id, "error": {"code": code, "message": message}}
+        return _error(code, message, req_id)
+
+    async def dispatch(self, op: Any, msg: dict[str, Any], req_id: Any) -> None:
+        if op == "ping":
+            self.reply({"type": "pong", "id": req_id} if req_id is not None else {"type": "pong"})
+        elif op in ("subscribe", "unsubscribe"):
+            self.subscription(op, msg, req_id)
+        elif op == "auth":
+            self.auth(msg, req_id)
+        elif isinstance(op, str) and op.startswith("order."):
+            result = await self.order_entry(op, msg)
+            self.reply({"type": "response", "id": req_id, "result": result})
+        else:
+            raise ApiError("UNKNOWN_OP", f"unknown op {op!r}")
+
+    def subscription(self, op: str, msg: dict[str, Any], req_id: Any) -> None:
+        channels = msg.get("channels")
+        if (
+            not isinstance(channels, list)
+            or not channels
+            or not all(isinstance(ch, str) for ch in channels)
+        ):
+            raise ApiError("VALIDATION_ERROR", "channels must be a non-empty list of strings")
+        bad = [ch for ch in channels if not self.valid_channel(ch)]
+        if bad:
+            raise ApiError("UNKNOWN_CHANNEL", f"unknown channel {bad[0]!r}")
+        hub = self.rt.hub
+        if op == "unsubscribe":
+            for ch in channels:
+                hub.unsubscribe(self.conn, ch)
+            self.reply({"type": "unsubscribed", "id": req_id, "channels": channels})
+            return
+        private = [ch for ch in channels if ch in PRIVATE_CHANNELS]
+        if private and self.account_id is None:
+            raise ApiError("AUTH_REQUIRED", f"authenticate before subscribing to {private[0]}")
+        fresh = [ch for ch in channels if ch not in self.conn.channels]
+        for ch in channels:
+            hub.subscribe(self.conn, ch)
+        self.reply({"type": "subscribed", "id": req_id, "channels": channels})
+        for ch in fresh:
+            if ch.startswith("book:"):
+                self.reply(self.rt.marketdata.book_snapshot_message(ch.split(":", 1)[1]))
+
+    def auth(self, msg: dict[str, Any], req_id: Any) -> None:
+        try:
+            record = self.rt.auth.verify(
+                msg.get("api_key"), msg.get("timestamp"), msg.get("signature"), "GET", "/v1/ws", b""
+            )
+        except AuthError as exc:
+            raise ApiError(exc.code, exc.message, status=401) from exc
+        if record.account_id is None:
+            raise ApiError(
+                "PERMISSION_DENIED", "operator keys cannot open trading sessions", status=403
+            )
+        self.account_id = record.account_id
+        self.api_key = record.api_key
+        self.cancel_on_disconnect = bool(msg.get("cancel_on_disconnect", False))
+        self.rt.hub.set_account(self.conn, record.account_id)
+        self.reply(
+            {
+                "type": "response",
+                "id": req_id,
+                "result": {
+                    "authenticated": True,
+                    "account_id": str(record.account_id),
+                    "permissions": sorted(record.permissions),
+                    "cancel_on_disconnect": self.cancel_on_disconnect,
+                },
+            }
+        )
+
+    async def order_entry(self, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.account_id is None or self.api_key is None:
+            raise ApiError("AUTH_REQUIRED", "authenticate before sending orders")
+        record = self.rt.keys.get(self.api_key)
+        if record is None or record.revoked or "trade" not in record.permissions:
+            raise ApiError("PERMISSION_DENIED", "this key cannot trade", status=403)
+        body = {k: v for k, v in msg.items() if k not in ("op", "id")}
+        category = "cancel" if op in ("order.cancel", "order.cancel_all") else "order"
+        decision = self.rt.limiter.check("key:" + self.api_key, category)
+        if not decision.allowed:
+            raise ApiError(
+                "RATE_LIMITED",
+                f"{category} rate limit reached; retry in {decision.retry_after_s:.2f}s",
+            )
+        aid = self.account_id
+        if op == "order.place":
+            return await order_services.place(self.rt, aid, OrderRequest.model_validate(body))
+        if op == "order.batch":
+            return await order_services.place_batch_items(
+                self.rt, aid, BatchRequest.model_validate(body)
+            )
+        if op == "order.amend":
+            order_id = body.pop("order_id", None)
+            if not isinstance(order_id, str):
+                raise ApiError("VALIDATION_ERROR", "order_id (a string) is required")
+            return await order_services.amend(
+                self.rt, aid, order_id, AmendRequest.model_validate(body)
+            )
+        if op == "order.cancel":
+            order_id = body.get("order_id")
+            if not isinstance(order_id, str) or set(body) != {"order_id"}:
+                raise ApiError("VALIDATION_ERROR", "order.cancel takes order_id (a string) only")
+            return await order_services.cancel(self.rt, aid, order_id)
+        if op == "order.cancel_all":
+            market = body.get("market")
+            if (market is not None and not isinstance(market, str)) or set(body) - {"market"}:
+                raise ApiError("VALIDATION_ERROR", "order.cancel_all takes an optional market")
+            return await order_services.cancel_all_orders(self.rt, aid, market)
+        raise ApiError("UNKNOWN_OP", f"unknown op {op!r}")
+
+    async def closed(self) -> None:
+        self.rt.hub.unregister(self.conn)
+        if self.cancel_on_disconnect and self.account_id is not None:
+            try:
+                await submit(
+                    self.rt, c.CancelAll(account_id=self.account_id, reason=CancelReason.DISCONNECT)
+                )
+            except ApiError as err:
+                log.warning(
+                    "cancel-on-disconnect for account %s failed: %s", self.account_id, err.code
+                )
+
+
+@router.websocket("/v1/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    rt: Runtime = websocket.app.state.runtime
+    await websocket.accept()
+
+    async def send(frame: str | bytes) -> None:
+        await websocket.send_text(frame if isinstance(frame, str) else frame.decode())
+
+    conn = rt.hub.connect(send, lambda code, reason: websocket.close(code, reason))
+    session = Session(rt, conn)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                text = data.decode("utf-8", errors="replace")
+            await session.handle(text)
+    except WebSocketDisconnect:
+        pass
+    except RuntimeError:  # receive after the hub closed the socket (slow consumer)
+        pass
+    finally:
+        await session.closed()

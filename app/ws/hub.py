@@ -1,0 +1,244 @@
+"""WebSocket fan-out hub: channels -> connections, one bounded queue per connection.
+
+The rule owned here: NEVER AWAIT THE SLOWEST CLIENT. `publish` and `send_private`
+are plain functions: they put the same, already serialized frame object on each
+subscriber's bounded queue with `put_nowait` and return. Each connection has its own
+writer task that drains its queue into the socket. A connection whose queue is full
+is disconnected with code 4008 ("slow consumer: send queue full") and removed from
+every channel; it resyncs from a snapshot when it reconnects.
+
+Private channels (`orders`, `fills`, `account`, `margin`) are per account: a frame
+sent with `send_private(account_id, channel, frame)` reaches only the connections
+authenticated as that account (`set_account`) that subscribed to that channel.
+
+The hub is framework-agnostic: a connection is given a `send(frame)` coroutine
+function and a `close(code, reason)` coroutine function (e.g. Starlette's
+`websocket.send_bytes` / `websocket.close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+Frame = bytes | str
+SendFn = Callable[[Frame], Awaitable[None]]
+CloseFn = Callable[[int, str], Awaitable[None]]
+
+PRIVATE_CHANNELS = frozenset({"orders", "fills", "account", "margin"})
+SLOW_CONSUMER_CODE = 4008
+SLOW_CONSUMER_REASON = "slow consumer: send queue full"
+CLOSE_TIMEOUT_S = 5.0
+
+_ids = itertools.count(1)
+
+
+@dataclass(slots=True)
+class HubMetrics:
+    connections: int = 0  # currently registered
+    connections_total: int = 0
+    messages_delivered: int = 0  # frames written to sockets
+    drops: int = 0  # disconnects for slowness
+
+
+class Connection:
+    """One client socket: a bounded outgoing queue drained by its own writer task."""
+
+    def __init__(self, send: SendFn, close: CloseFn, queue_size: int = 1000) -> None:
+        self.id = next(_ids)
+        self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=queue_size)
+        self.channels: set[str] = set()
+        self.account_id: int | None = None
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._send = send
+        self._close = close
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._metrics: HubMetrics | None = None
+        self._on_dead: Callable[[Connection], None] | None = None
+
+    def start(self, metrics: HubMetrics, on_dead: Callable[[Connection], None]) -> None:
+        self._metrics, self._on_dead = metrics, on_dead
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue a frame without waiting; False when the queue is full (or closed)."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                frame = await self.queue.get()
+                await self._send(frame)
+                if self._metrics is not None:
+                    self._metrics.messages_delivered += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the socket is gone: stop writing, let the hub forget us
+            self.closed = True
+            if self._on_dead is not None:
+                self._on_dead(self)
+
+    def stop(self) -> None:
+        """Stop the writer task (no close frame); idempotent."""
+        self.closed = True
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close from synchronous code: stop writing and schedule the close frame."""
+        if self._closer is not None:
+            return
+        self.stop()
+        self.close_code, self.close_reason = code, reason
+        self._closer = asyncio.get_running_loop().create_task(self._do_close(code, reason))
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Stop writing and close the socket (waits at most CLOSE_TIMEOUT_S)."""
+        self.abort(code, reason)
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
+
+    async def _do_close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._close(code, reason), CLOSE_TIMEOUT_S)
+
+
+class Hub:
+    """Channel registry and fan-out; see the module docstring for the rule."""
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self.queue_size = queue_size
+        self.metrics = HubMetrics()
+        self._conns: set[Connection] = set()
+        self._channels: dict[str, set[Connection]] = {}
+        self._accounts: dict[int, set[Connection]] = {}
+
+    def connect(self, send: SendFn, close: CloseFn, queue_size: int | None = None) -> Connection:
+        """Create a connection with the hub's queue size and register it."""
+        conn = Connection(send, close, queue_size or self.queue_size)
+        self.register(conn)
+        return conn
+
+    def register(self, conn: Connection) -> None:
+        if conn in self._conns:
+            return
+        self._conns.add(conn)
+        self.metrics.connections = len(self._conns)
+        self.metrics.connections_total += 1
+        conn.start(self.metrics, self.unregister)
+
+    def unregister(self, conn: Connection) -> None:
+        """Forget the connection (socket closed by the client or by us); idempotent."""
+        for channel in conn.channels:
+            subs = self._channels.get(channel)
+            if subs is not None:
+                subs.discard(conn)
+                if not subs:
+                    del self._channels[channel]
+        conn.channels.clear()
+        if conn.account_id is not None:
+            self._discard_account(conn)
+        self._conns.discard(conn)
+        self.metrics.connections = len(self._conns)
+        conn.stop()
+
+    def set_account(self, conn: Connection, account_id: int) -> None:
+        if conn.account_id is not None:
+            self._discard_account(conn)
+        conn.account_id = account_id
+        self._accounts.setdefault(account_id, set()).add(conn)
+
+    def _discard_account(self, conn: Connection) -> None:
+        assert conn.account_id is not None
+        conns = self._accounts.get(conn.account_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._accounts[conn.account_id]
+
+    def subscribe(self, conn: Connection, channel: str) -> bool:
+        """Add `conn` to `channel`; False (nothing changes) for a private channel on an
+        unauthenticated or unregistered connection.
+
+        For a book channel, `send` the snapshot right after this call, with no await in
+        between, so that no delta can fall between the snapshot and the subscription.
+        """
+        if conn not in self._conns or (channel in PRIVATE_CHANNELS and conn.account_id is None):
+            return False
+        conn.channels.add(channel)
+        if channel not in PRIVATE_CHANNELS:
+            self._channels.setdefault(channel, set()).add(conn)
+        return True
+
+    def unsubscribe(self, conn: Connection, channel: str) -> None:
+        conn.channels.discard(channel)
+        subs = self._channels.get(channel)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self._channels[channel]
+
+    def subscribers(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
+    def send(self, conn: Connection, frame: Frame) -> bool:
+        """Queue a frame for one connection (replies, snapshots); drops it if full."""
+        if conn.offer(frame):
+            return True
+        if conn in self._conns:
+            self._drop(conn)
+        return False
+
+    def publish(self, channel: str, frame: Frame) -> int:
+        """Queue `frame` (the same object) for every subscriber; never awaits.
+
+        Returns how many subscribers got it; the others were too slow and are dropped.
+        """
+        subs = self._channels.get(channel)
+        if not subs:
+            return 0
+        count = len(subs)
+        slow = [conn for conn in subs if not conn.offer(frame)]
+        for conn in slow:
+            self._drop(conn)
+        return count - len(slow)
+
+    def send_private(self, account_id: int, channel: str, frame: Frame) -> int:
+        """Queue `frame` for the account's connections subscribed to `channel`."""
+        conns = self._accounts.get(account_id)
+        if not conns:
+            return 0
+        targets = [c for c in conns if channel in c.channels]
+        slow = [c for c in targets if not c.offer(frame)]
+        for conn in slow:
+            self._drop(conn)
+        return len(targets) - len(slow)
+
+    def _drop(self, conn: Connection) -> None:
+        self.metrics.drops += 1
+        self.unregister(conn)
+        conn.abort(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)
+
+    async def close(self, conn: Connection, code: int = 1000, reason: str = "") -> None:
+        """Unregister and close one connection (e.g. after an auth failure)."""
+        self.unregister(conn)
+        await conn.close(code, reason)
+
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        conns = list(self._conns)
+        for conn in conns:
+            self.unregister(conn)
+        await asyncio.gather(*(conn.close(code, reason) for conn in conns))

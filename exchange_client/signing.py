@@ -1,0 +1,73 @@
+"""Request signing: the one HMAC rule shared by client and server.
+
+X-Signature = lowercase hex HMAC-SHA256(secret, f"{timestamp}{METHOD}{path_with_query}" + body),
+where ``body`` is the exact request body bytes as sent (empty for no body) and
+``path_with_query`` is the path plus ``?query`` exactly as sent on the wire.
+WebSocket auth signs ``f"{timestamp}GET/v1/ws"`` (empty body).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+WS_PATH = "/v1/ws"
+
+
+def now_ms() -> int:
+    """Current wall-clock time in milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def signing_payload(
+    timestamp_ms: int, method: str, path_with_query: str, body: bytes | str
+) -> bytes:
+    """The exact bytes that are signed."""
+    raw = body.encode() if isinstance(body, str) else bytes(body)
+    return f"{timestamp_ms}{method.upper()}{path_with_query}".encode() + raw
+
+
+def sign(secret: str, timestamp_ms: int, method: str, path_with_query: str,
+         body: bytes | str = b"") -> str:
+    """Lowercase hex HMAC-SHA256 of ``timestamp + METHOD + path_with_query + body``."""
+    payload = signing_payload(timestamp_ms, method, path_with_query, body)
+    return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+
+
+def auth_headers(
+    api_key: str,
+    secret: str,
+    method: str,
+    path_with_query: str,
+    body: bytes | str = b"",
+    timestamp_ms: int | None = None,
+    recv_window: int | None = None,
+) -> dict[str, str]:
+    """Headers X-API-Key, X-Timestamp, X-Signature (and X-Recv-Window if given)."""
+    ts = now_ms() if timestamp_ms is None else timestamp_ms
+    headers = {
+        "X-API-Key": api_key,
+        "X-Timestamp": str(ts),
+        "X-Signature": sign(secret, ts, method, path_with_query, body),
+    }
+    if recv_window is not None:
+        headers["X-Recv-Window"] = str(recv_window)
+    return headers
+
+
+def ws_auth_frame(
+    api_key: str,
+    secret: str,
+    timestamp_ms: int | None = None,
+    cancel_on_disconnect: bool = False,
+) -> dict[str, object]:
+    """The ``{"op":"auth",...}`` frame; signature over ``timestamp + "GET/v1/ws"``."""
+    ts = now_ms() if timestamp_ms is None else timestamp_ms
+    return {
+        "op": "auth",
+        "api_key": api_key,
+        "timestamp": ts,
+        "signature": sign(secret, ts, "GET", WS_PATH, b""),
+        "cancel_on_disconnect": cancel_on_disconnect,
+    }

@@ -1,0 +1,94 @@
+"""Fixtures for tests against a real server: one server per module and backend.
+
+`server` is parametrized over SQLite (always) and PostgreSQL (when
+EXCHANGE_TEST_POSTGRES_URL is set; unreachable then means failure, not skip).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange_client import AsyncExchangeClient
+from tests import dbutil
+from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
+
+_names = itertools.count(1)
+
+
+def _database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp / 'exchange.db'}"
+        return
+    base = dbutil.postgres_base_url()
+    if base is None:
+        pytest.skip(f"{dbutil.ENV_VAR} is not set")
+    url = dbutil.create_database_sync(base)  # unreachable server: raises, the test fails
+    try:
+        yield url
+    finally:
+        dbutil.drop_database_sync(url)
+
+
+def start_server(
+    kind: str, tmp: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    for url in _database(kind, tmp):
+        server = ServerProcess(url, tmp / "data", extra_env)
+        server.migrate()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    yield from start_server(request.param, tmp_path_factory.mktemp(f"srv-{request.param}"))
+
+
+@pytest.fixture
+async def admin(server: ServerProcess) -> AsyncIterator[AsyncExchangeClient]:
+    async with AsyncExchangeClient(server.base_url, ADMIN_KEY, ADMIN_SECRET) as client:
+        yield client
+
+
+class Trader:
+    """An account with its client, created and funded through the operator API."""
+
+    def __init__(self, info: dict[str, Any], client: AsyncExchangeClient) -> None:
+        self.info = info
+        self.client = client
+        self.account_id: str = info["account_id"]
+        self.api_key: str = info["api_key"]
+        self.api_secret: str = info["api_secret"]
+
+
+@pytest.fixture
+async def make_trader(server: ServerProcess, admin: AsyncExchangeClient) -> AsyncIterator[Any]:
+    made: list[Trader] = []
+
+    async def make(deposits: dict[str, str] | None = None) -> Trader:
+        info = await admin.create_account(f"trader-{next(_names)}")
+        for asset, amount in (deposits or {}).items():
+            await admin.deposit(
+                info["account_id"], asset, amount, f"dep-{info['account_id']}-{asset}"
+            )
+        trader = Trader(
+            info, AsyncExchangeClient(server.base_url, info["api_key"], info["api_secret"])
+        )
+        made.append(trader)
+        return trader
+
+    yield make
+    for t in made:
+        await t.client.aclose()

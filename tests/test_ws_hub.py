@@ -1,0 +1,144 @@
+"""WS hub: fan-out of one frame object, slow-consumer drops, private routing."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+from app.ws.hub import SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON, Connection, Frame, Hub
+
+
+class FakeSocket:
+    def __init__(self, blocked: bool = False, broken: bool = False) -> None:
+        self.sent: list[Frame] = []
+        self.closes: list[tuple[int, str]] = []
+        self.blocked = blocked
+        self.broken = broken
+
+    async def send(self, frame: Frame) -> None:
+        if self.broken:
+            raise ConnectionError("gone")
+        if self.blocked:
+            await asyncio.Event().wait()  # a client that never reads
+        self.sent.append(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def connect(hub: Hub, sock: FakeSocket, queue_size: int | None = None) -> Connection:
+    return hub.connect(sock.send, sock.close, queue_size)
+
+
+async def test_publish_reaches_every_subscriber_with_the_same_object() -> None:
+    hub = Hub()
+    a, b, other = FakeSocket(), FakeSocket(), FakeSocket()
+    ca, cb = connect(hub, a), connect(hub, b)
+    connect(hub, other)
+    assert hub.subscribe(ca, "trades:BTC-USDC") and hub.subscribe(cb, "trades:BTC-USDC")
+    frame = b'{"type":"trade"}'
+    assert hub.publish("trades:BTC-USDC", frame) == 2
+    assert hub.publish("book:BTC-USDC", b"nobody") == 0
+    await settle()
+    assert a.sent[0] is frame and b.sent[0] is frame
+    assert other.sent == []
+    assert hub.metrics.messages_delivered == 2
+    assert hub.metrics.connections == 3
+
+
+async def test_slow_client_is_dropped_while_fast_client_gets_everything() -> None:
+    assert not inspect.iscoroutinefunction(Hub.publish)  # publish cannot await anyone
+    hub = Hub()
+    slow_sock, fast_sock = FakeSocket(blocked=True), FakeSocket()
+    slow = connect(hub, slow_sock, queue_size=2)
+    connect_fast = connect(hub, fast_sock)
+    for conn in (slow, connect_fast):
+        hub.subscribe(conn, "book:BTC-USDC")
+    frames = [f"frame {i}".encode() for i in range(50)]
+    hub.publish("book:BTC-USDC", frames[0])
+    await settle()  # the slow writer took frame 0 and is stuck in send
+    for i, frame in enumerate(frames[1:], 1):
+        delivered = hub.publish("book:BTC-USDC", frame)
+        assert delivered == (2 if i <= 2 else 1)  # frames 1-2 fill the queue, 3 overflows
+        if i % 10 == 0:
+            await settle()
+    await settle()
+    assert fast_sock.sent == frames
+    assert slow_sock.sent == []
+    assert slow_sock.closes == [(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)]
+    assert slow.closed and slow.close_code == 4008 and slow.channels == set()
+    assert hub.subscribers("book:BTC-USDC") == 1
+    assert hub.metrics.drops == 1 and hub.metrics.connections == 1
+    assert hub.metrics.messages_delivered == 50
+
+
+async def test_overflow_before_the_writer_runs_also_drops() -> None:
+    hub = Hub()
+    sock = FakeSocket()
+    conn = connect(hub, sock, queue_size=1)
+    hub.subscribe(conn, "ticker:BTC-USDC")
+    hub.publish("ticker:BTC-USDC", b"1")
+    assert hub.publish("ticker:BTC-USDC", b"2") == 0
+    await settle()
+    assert sock.closes == [(4008, "slow consumer: send queue full")]
+    assert sock.sent == []  # the writer was stopped before it ran
+
+
+async def test_private_frames_reach_only_the_accounts_subscribed_connections() -> None:
+    hub = Hub()
+    s1, s1b, s2, anon = FakeSocket(), FakeSocket(), FakeSocket(), FakeSocket()
+    c1, c1b, c2, ca = (connect(hub, s) for s in (s1, s1b, s2, anon))
+    hub.set_account(c1, 1)
+    hub.set_account(c1b, 1)
+    hub.set_account(c2, 2)
+    assert not hub.subscribe(ca, "orders")  # private channel needs auth
+    assert hub.subscribe(c1, "orders") and hub.subscribe(c2, "orders")
+    hub.subscribe(c1b, "fills")
+    frame = b'{"type":"order"}'
+    assert hub.send_private(1, "orders", frame) == 1
+    assert hub.send_private(3, "orders", frame) == 0
+    assert hub.publish("orders", b"public publish never reaches private subscribers") == 0
+    await settle()
+    assert s1.sent == [frame] and s1b.sent == [] and s2.sent == [] and anon.sent == []
+
+
+async def test_unsubscribe_and_unregister_stop_delivery() -> None:
+    hub = Hub()
+    sock = FakeSocket()
+    conn = connect(hub, sock)
+    hub.subscribe(conn, "trades:BTC-USDC")
+    hub.publish("trades:BTC-USDC", b"1")
+    hub.unsubscribe(conn, "trades:BTC-USDC")
+    hub.publish("trades:BTC-USDC", b"2")
+    await settle()
+    assert sock.sent == [b"1"]
+    hub.subscribe(conn, "candles:BTC-USDC:1m")
+    hub.set_account(conn, 9)
+    hub.subscribe(conn, "fills")
+    hub.unregister(conn)
+    hub.publish("candles:BTC-USDC:1m", b"3")
+    assert hub.send_private(9, "fills", b"4") == 0
+    await settle()
+    assert sock.sent == [b"1"]
+    assert hub.metrics.connections == 0 and hub.subscribers("candles:BTC-USDC:1m") == 0
+
+
+async def test_direct_send_and_broken_socket() -> None:
+    hub = Hub()
+    broken = FakeSocket(broken=True)
+    conn = connect(hub, broken)
+    hub.subscribe(conn, "trades:BTC-USDC")
+    assert hub.send(conn, "a text reply")
+    await settle()
+    assert conn.closed and hub.metrics.connections == 0 and hub.metrics.drops == 0
+    assert hub.subscribers("trades:BTC-USDC") == 0
+    ok = FakeSocket()
+    c2 = connect(hub, ok)
+    await c2.close(1000, "bye")
+    assert ok.closes == [(1000, "bye")]
+    await hub.close_all()
