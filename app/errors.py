@@ -3,7 +3,7 @@
 Rule owned here: errors are values with stable UPPER_SNAKE codes; the body is
 always `{"error": {"code", "message"}}`. Engine rejections (`engine.types.Reject`)
 keep their names as codes; edge errors (auth, input, limits, availability) are
-listed below. docs/errors.md is generated from the same table by a test.
+listed below. docs/errors.md is generated from the same table (a test checks it).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ EDGE_ERRORS: dict[str, tuple[int, str]] = {
     "RATE_LIMITED": (429, "too many requests; retry after Retry-After seconds"),
     "NOT_ACCEPTING_COMMANDS": (503, "the exchange is recovering and takes no commands"),
     "COMMIT_FAILED": (503, "the journal commit failed; nothing was applied"),
+    "INVALID_CURSOR": (404, "the pagination cursor is not one this server gave"),
+    "HTTP_ERROR": (400, "a protocol-level HTTP error"),
     "INTERNAL_ERROR": (500, "an unexpected server error"),
 }
 
@@ -83,3 +85,30 @@ class ApiError(Exception):
         if self.extra:
             err.update(self.extra)
         return {"error": err}
+
+
+def errors_markdown() -> str:
+    """docs/errors.md, generated from this table (a test keeps the file in sync)."""
+    lines = [
+        "# Error codes",
+        "",
+        "Every error body is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`; the code is",
+        "stable, the message is for humans. Generated from `app/errors.py` by",
+        "`python -m app.errors > docs/errors.md`.",
+        "",
+        "## Engine rejections (business rules, see docs/orders.md)",
+        "",
+        "| code | status | number |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{r.name}` | {_REJECT_STATUS.get(r, 400)} | {int(r)} |" for r in Reject]
+    lines += ["", "## Edge errors (input, auth, limits, availability)", "",
+              "| code | status | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{code}` | {status} | {meaning} |" for code, (status, meaning) in EDGE_ERRORS.items()]
+    lines += ["", "WebSocket-only codes (in `{\"type\":\"error\"}` frames): `BAD_FRAME`, `UNKNOWN_OP`,",
+              "`UNKNOWN_CHANNEL`, `AUTH_REQUIRED`, `FRAME_TOO_LARGE`, plus any code above.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(errors_markdown(), end="")

@@ -28,10 +28,17 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+_FIELD_NAMES: dict[type[c.Command], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in c.ALL_COMMANDS
+}
+_PLAIN = (int, str, bool, type(None))
+
+
 def encode(cmd: c.Command) -> dict[str, Any]:
     out: dict[str, Any] = {"command": type(cmd).__name__}
-    for f in dataclasses.fields(cmd):
-        out[f.name] = _encode_value(getattr(cmd, f.name))
+    for name in _FIELD_NAMES[type(cmd)]:
+        value = getattr(cmd, name)
+        out[name] = value if type(value) in _PLAIN else _encode_value(value)
     return out
 
 

@@ -33,16 +33,14 @@ class MarketSpec:
     base_decimals: int
     quote_decimals: int
     max_price: int = 0  # 0 = no limit besides sanity
+    base_unit: int = field(init=False, repr=False, compare=False, default=0)  # 10**base_decimals
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_unit", 10**self.base_decimals)
 
     def notional(self, price: int, size: int) -> int:
         """Quote atomic units for `size` base atomic units at `price` (exact by config)."""
         return price * size // self.base_unit
-
-    @property
-    def base_unit(self) -> int:
-        """Atomic units in one whole base unit."""
-        unit: int = 10**self.base_decimals
-        return unit
 
     def fmt_price(self, price: int) -> str:
         return format_units(price, self.quote_decimals)
