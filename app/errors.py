@@ -92,7 +92,7 @@ def errors_markdown() -> str:
     lines = [
         "# Error codes",
         "",
-        "Every error body is `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`; the code is",
+        'Every error body is `{"error": {"code": "...", "message": "..."}}`; the code is',
         "stable, the message is for humans. Generated from `app/errors.py` by",
         "`python -m app.errors > docs/errors.md`.",
         "",
@@ -102,11 +102,22 @@ def errors_markdown() -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| `{r.name}` | {_REJECT_STATUS.get(r, 400)} | {int(r)} |" for r in Reject]
-    lines += ["", "## Edge errors (input, auth, limits, availability)", "",
-              "| code | status | meaning |", "| --- | --- | --- |"]
-    lines += [f"| `{code}` | {status} | {meaning} |" for code, (status, meaning) in EDGE_ERRORS.items()]
-    lines += ["", "WebSocket-only codes (in `{\"type\":\"error\"}` frames): `BAD_FRAME`, `UNKNOWN_OP`,",
-              "`UNKNOWN_CHANNEL`, `AUTH_REQUIRED`, `FRAME_TOO_LARGE`, plus any code above.", ""]
+    lines += [
+        "",
+        "## Edge errors (input, auth, limits, availability)",
+        "",
+        "| code | status | meaning |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{code}` | {status} | {meaning} |" for code, (status, meaning) in EDGE_ERRORS.items()
+    ]
+    lines += [
+        "",
+        'WebSocket-only codes (in `{"type":"error"}` frames): `BAD_FRAME`, `UNKNOWN_OP`,',
+        "`UNKNOWN_CHANNEL`, `AUTH_REQUIRED`, `FRAME_TOO_LARGE`, plus any code above.",
+        "",
+    ]
     return "\n".join(lines)
 
 

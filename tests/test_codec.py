@@ -15,28 +15,64 @@ maybe_int = st.none() | ints
 text = st.text(min_size=1, max_size=12)
 
 place = st.builds(
-    c.PlaceOrder, seq=ints, ts=ints, account_id=ints, market=text, side=st.sampled_from(Side),
-    size=ints, type=st.sampled_from(OrderType), price=maybe_int, tif=st.sampled_from(TimeInForce),
-    expire_ts=maybe_int, client_order_id=st.none() | text, stp=st.none() | st.sampled_from(StpMode),
-    reduce_only=st.booleans(), trigger_price=maybe_int,
+    c.PlaceOrder,
+    seq=ints,
+    ts=ints,
+    account_id=ints,
+    market=text,
+    side=st.sampled_from(Side),
+    size=ints,
+    type=st.sampled_from(OrderType),
+    price=maybe_int,
+    tif=st.sampled_from(TimeInForce),
+    expire_ts=maybe_int,
+    client_order_id=st.none() | text,
+    stp=st.none() | st.sampled_from(StpMode),
+    reduce_only=st.booleans(),
+    trigger_price=maybe_int,
 )
-cancel = st.builds(c.CancelOrder, account_id=ints, order_id=maybe_int,
-                   client_order_id=st.none() | text, reason=st.sampled_from(CancelReason))
+cancel = st.builds(
+    c.CancelOrder,
+    account_id=ints,
+    order_id=maybe_int,
+    client_order_id=st.none() | text,
+    reason=st.sampled_from(CancelReason),
+)
 commands = st.one_of(
     place,
     cancel,
-    st.builds(c.BatchPlace, account_id=ints, orders=st.lists(place, max_size=3).map(tuple),
-              atomic=st.booleans()),
+    st.builds(
+        c.BatchPlace,
+        account_id=ints,
+        orders=st.lists(place, max_size=3).map(tuple),
+        atomic=st.booleans(),
+    ),
     st.builds(c.BatchCancel, account_id=ints, cancels=st.lists(cancel, max_size=3).map(tuple)),
-    st.builds(c.CreateAccount, name=text, api_key=text, api_secret=text,
-              permissions=st.lists(text, max_size=3).map(tuple)),
+    st.builds(
+        c.CreateAccount,
+        name=text,
+        api_key=text,
+        api_secret=text,
+        permissions=st.lists(text, max_size=3).map(tuple),
+    ),
     st.builds(c.Deposit, account_id=ints, asset=text, amount=ints, deposit_id=text),
-    st.builds(c.Withdraw, account_id=ints, asset=text, amount=ints, withdrawal_id=text,
-              allow_borrow=st.booleans()),
+    st.builds(
+        c.Withdraw,
+        account_id=ints,
+        asset=text,
+        amount=ints,
+        withdrawal_id=text,
+        allow_borrow=st.booleans(),
+    ),
     st.builds(c.AmendOrder, account_id=ints, order_id=maybe_int, price=maybe_int, size=maybe_int),
     st.builds(c.SetMarketState, market=text, state=st.sampled_from(MarketState)),
-    st.builds(c.SetAccountSettings, account_id=ints, stp=st.none() | st.sampled_from(StpMode),
-              auto_borrow=st.none() | st.booleans(), tier=maybe_int),
+    st.builds(
+        c.SetAccountSettings,
+        account_id=ints,
+        stp=st.none() | st.sampled_from(StpMode),
+        auto_borrow=st.none() | st.booleans(),
+        tier=maybe_int,
+    ),
     st.builds(c.Tick, seq=ints, ts=ints),
 )
 
