@@ -8,6 +8,7 @@ routes 404), and the server takes commands only after the journal is replayed.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from app.runtime import Runtime
 from app.ws import endpoint as ws_endpoint
 
 log = logging.getLogger("exchange.api")
+# orjson keeps the wire encoding identical for every route; FastAPI's notice about it is noise.
+warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 DESCRIPTION = """Spot exchange API (wire contract v1). Signed routes need `X-API-Key`,
 `X-Timestamp` (ms) and `X-Signature` = hex HMAC-SHA256(secret, timestamp + METHOD +
