@@ -10,6 +10,7 @@ time is the `ts` the sequencer stamped on the command.
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -91,7 +92,7 @@ class Exchange:
         }
         self.api_keys: dict[str, ApiKey] = {}
         self.orders: dict[int, Order] = {}  # live orders
-        self.done: dict[int, Order] = {}  # recently finished, oldest first
+        self.done: OrderedDict[int, Order] = OrderedDict()  # recently finished, oldest first
         self.deposits: dict[str, Transfer] = {}
         self.withdrawals: dict[str, Transfer] = {}
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_ts, order_id)
@@ -601,7 +602,7 @@ class Exchange:
     def _remember_done(self, o: Order) -> None:
         self.done[o.order_id] = o
         if len(self.done) > RECENT_DONE_ORDERS:
-            del self.done[next(iter(self.done))]
+            self.done.popitem(last=False)
 
     def _finish(self, o: Order, status: OrderStatus, reason: CancelReason | None) -> None:
         o.status = status

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from engine.accounts import Account, ApiKey
@@ -172,7 +173,7 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
             if o.expire_ts is not None:
                 heapq.heappush(ex.expiries, (o.expire_ts, o.order_id))
         market.book.take_delta()
-    ex.done = {row[0]: _order_in(row) for row in snap["done"]}
+    ex.done = OrderedDict((row[0], _order_in(row)) for row in snap["done"])
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}
     return ex
