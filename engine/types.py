@@ -49,7 +49,12 @@ class OrderStatus(StrEnum):
 
     @property
     def is_live(self) -> bool:
-        return self in (OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, OrderStatus.UNTRIGGERED)
+        return self in _LIVE_STATUSES
+
+
+_LIVE_STATUSES = frozenset(
+    {OrderStatus.OPEN, OrderStatus.PARTIALLY_FILLED, OrderStatus.UNTRIGGERED}
+)
 
 
 class StpMode(StrEnum):
