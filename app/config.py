@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     data_dir: str = "./data"
     recv_window_ms: int = 5000
     batch_max: int = 512  # sequencer: max commands per group commit
-    ws_queue_size: int = 1000
+    ws_queue_size: int = 4096
 
     @property
     def rate_limits_enabled(self) -> bool:

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import account, admin, orders, public
+from app.api.deps import reject_unknown_query
 from app.config import Settings
 from app.errors import ApiError, all_codes
 from app.runtime import Runtime
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await rt.stop()
 
     app = FastAPI(
+        dependencies=[Depends(reject_unknown_query)],
         title="exchange",
         version="1.0.0",
         description=DESCRIPTION,
@@ -76,6 +78,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            return _error_response(ApiError("MALFORMED_JSON", "the body is not valid UTF-8 JSON"))
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return _error_response(ApiError(code, str(exc.detail), status=exc.status_code))
 

@@ -165,12 +165,21 @@ class Runtime:
                 )
 
     def publish(self, entries: Sequence[Entry]) -> None:
+        """Fan a committed batch out. Book deltas and trades go out in order; tickers and
+        candles are state, so only the last one per channel in the batch is sent (a burst of
+        512 commands must not flood every subscriber's buffer with superseded snapshots)."""
         hub = self.hub
+        latest: dict[str, str] = {}
         for seq, ts, _cmd, events in entries:
             for channel, frame in self.marketdata.on_command(seq, ts, events):
-                hub.publish(channel, frame.decode())  # text frames, serialized once per event
+                if channel.startswith(("ticker:", "candles:")):
+                    latest[channel] = frame.decode()
+                else:
+                    hub.publish(channel, frame.decode())  # text frames, serialized once per event
             self._update_keys(self.keys, events)
             self._publish_private(seq, events)
+        for channel, text in latest.items():
+            hub.publish(channel, text)
 
     def _publish_private(self, seq: int, events: Sequence[Event]) -> None:
         hub, config = self.hub, self.config

@@ -58,6 +58,10 @@ from engine.types import (
 )
 
 PPM = 1_000_000
+# Bounds that keep every amount, notional and balance well inside a signed 64-bit column.
+MAX_UNITS = 10**17  # largest price, size, notional or single movement, in atomic units
+MAX_BALANCE = 10**18  # largest balance a deposit may create
+MAX_TS = 2**62
 RECENT_DONE_ORDERS = 10_000  # finished orders remembered for ORDER_NOT_LIVE answers
 _VALID_PERMISSIONS = frozenset(p.value for p in Permission) - {"admin", "oracle"}
 
@@ -242,7 +246,9 @@ class Exchange:
 
     def _money_move(self, aid: int, asset: str, amount: int, ident: str, deposit: bool) -> None:
         seen = self.deposits if deposit else self.withdrawals
-        previous = seen.get(ident)
+        # deposit ids are the operator's (global); withdrawal ids belong to each account
+        key = ident if deposit else f"{aid}:{ident}"
+        previous = seen.get(key)
         if previous is not None:
             owner = previous.to_account if deposit else previous.from_account
             if (owner, previous.asset, previous.amount) == (aid, asset, amount):
@@ -255,8 +261,10 @@ class Exchange:
         acct = self._account(aid)
         if asset not in self.config.assets:
             raise _Refused(Reject.UNKNOWN_ASSET, f"unknown asset {asset}")
-        if amount <= 0:
-            raise _Refused(Reject.INVALID_AMOUNT, "amount must be positive")
+        if amount <= 0 or amount > MAX_UNITS:
+            raise _Refused(Reject.INVALID_AMOUNT, f"amount must be in 1..{MAX_UNITS} atomic units")
+        if deposit and acct.balance(asset) + amount > MAX_BALANCE:
+            raise _Refused(Reject.INVALID_AMOUNT, "the balance would exceed the exchange's limit")
         if deposit:
             t = self._transfer(
                 asset, EXTERNAL, aid, amount, LedgerReason.DEPOSIT, f"deposit:{ident}"
@@ -269,7 +277,7 @@ class Exchange:
             t = self._transfer(
                 asset, aid, EXTERNAL, amount, LedgerReason.WITHDRAWAL, f"withdrawal:{ident}"
             )
-        seen[ident] = t
+        seen[key] = t
 
     # ------------------------------------------------------------------- fees
     def _tier(self, acct: Account) -> FeeTier:
@@ -325,8 +333,8 @@ class Exchange:
             )
         if cmd.reduce_only and spec.kind is MarketKind.SPOT:
             raise _Refused(Reject.REDUCE_ONLY_NOT_SPOT)
-        if cmd.size <= 0:
-            raise _Refused(Reject.INVALID_SIZE, "size must be positive")
+        if cmd.size <= 0 or cmd.size > MAX_UNITS:
+            raise _Refused(Reject.INVALID_SIZE, "size must be positive and not absurdly large")
         if cmd.size % spec.lot:
             raise _Refused(
                 Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}"
@@ -343,7 +351,7 @@ class Exchange:
             raise _Refused(Reject.INVALID_TIME_IN_FORCE, "market orders are ioc or fok")
         if (cmd.tif is TimeInForce.GTT) != (cmd.expire_ts is not None):
             raise _Refused(Reject.INVALID_EXPIRE_TS, "expire_ts goes with time_in_force gtt only")
-        if cmd.expire_ts is not None and cmd.expire_ts <= self._ts:
+        if cmd.expire_ts is not None and not self._ts < cmd.expire_ts <= MAX_TS:
             raise _Refused(Reject.INVALID_EXPIRE_TS, "expire_ts is not in the future")
         if cmd.client_order_id is not None and cmd.client_order_id in acct.client_ids:
             live = acct.client_ids[cmd.client_order_id]
@@ -353,13 +361,17 @@ class Exchange:
                 order_id=live,
             )
         price = cmd.price if cmd.price is not None else self._protective_price(market, cmd.side)
+        if spec.notional(price, cmd.size) > MAX_UNITS:
+            raise _Refused(
+                Reject.INVALID_SIZE, "the order's notional is beyond the exchange's limit"
+            )
         if cmd.tif is TimeInForce.POST_ONLY and self._crosses(market.book, cmd.side, price):
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
         return market, price
 
     def _check_price(self, price: int, spec: MarketSpec) -> None:
-        if price <= 0:
-            raise _Refused(Reject.INVALID_PRICE, "price must be positive")
+        if price <= 0 or price > MAX_UNITS:
+            raise _Refused(Reject.INVALID_PRICE, "price must be positive and not absurdly large")
         if price % spec.tick:
             raise _Refused(
                 Reject.PRICE_NOT_ON_TICK, f"price must be a multiple of {spec.fmt_price(spec.tick)}"
@@ -687,11 +699,15 @@ class Exchange:
         if new_price == o.price and new_size == o.size:
             raise _Refused(Reject.NOTHING_TO_AMEND)
         self._check_price(new_price, spec)
-        if new_size <= 0:
+        if new_size <= 0 or new_size > MAX_UNITS:
             raise _Refused(Reject.INVALID_SIZE, "size must be positive")
         if new_size % spec.lot:
             raise _Refused(
                 Reject.SIZE_NOT_ON_LOT, f"size must be a multiple of {spec.fmt_size(spec.lot)}"
+            )
+        if spec.notional(new_price, new_size) > MAX_UNITS:
+            raise _Refused(
+                Reject.INVALID_SIZE, "the order's notional is beyond the exchange's limit"
             )
         if new_size <= o.filled:
             raise _Refused(

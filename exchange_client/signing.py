@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 import time
 
 WS_PATH = "/v1/ws"
@@ -18,6 +19,26 @@ WS_PATH = "/v1/ws"
 def now_ms() -> int:
     """Current wall-clock time in milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
+
+
+_signed_lock = threading.Lock()
+_signed_recently: dict[tuple[int, bytes], None] = {}
+
+
+def fresh_timestamp(payload_key: bytes) -> int:
+    """Now in ms, moved forward only if this process already signed the same request in
+    that millisecond: the server rejects a repeated signature as a replay, and identical
+    requests sent concurrently (e.g. two `account()` reads) would otherwise collide."""
+    with _signed_lock:
+        ts = now_ms()
+        while (ts, payload_key) in _signed_recently:
+            ts += 1
+        _signed_recently[(ts, payload_key)] = None
+        if len(_signed_recently) > 4096:  # forget what is too old to collide (oldest first)
+            horizon = ts - 2000
+            for key in [k for k in _signed_recently if k[0] < horizon]:
+                del _signed_recently[key]
+        return ts
 
 
 def signing_payload(
@@ -45,7 +66,11 @@ def auth_headers(
     recv_window: int | None = None,
 ) -> dict[str, str]:
     """Headers X-API-Key, X-Timestamp, X-Signature (and X-Recv-Window if given)."""
-    ts = now_ms() if timestamp_ms is None else timestamp_ms
+    if timestamp_ms is None:
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+        ts = fresh_timestamp(f"{api_key}{method.upper()}{path_with_query}".encode() + raw)
+    else:
+        ts = timestamp_ms
     headers = {
         "X-API-Key": api_key,
         "X-Timestamp": str(ts),
@@ -63,7 +88,7 @@ def ws_auth_frame(
     cancel_on_disconnect: bool = False,
 ) -> dict[str, object]:
     """The ``{"op":"auth",...}`` frame; signature over ``timestamp + "GET/v1/ws"``."""
-    ts = now_ms() if timestamp_ms is None else timestamp_ms
+    ts = fresh_timestamp(f"{api_key}ws".encode()) if timestamp_ms is None else timestamp_ms
     return {
         "op": "auth",
         "api_key": api_key,

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request, Response
+from starlette.requests import HTTPConnection
 
 from app.auth import AuthError, KeyRecord
 from app.errors import ApiError
@@ -54,6 +56,33 @@ def _limit(rt: Runtime, response: Response, bucket: str, category: str) -> None:
 
 def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+_ALLOWED_QUERY: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def reject_unknown_query(request: HTTPConnection) -> None:
+    """Unknown query parameters are refused (422), never ignored: a typo such as
+    `DELETE /v1/orders?markt=BTC-USDC` must not cancel every market's orders."""
+    if request.scope["type"] != "http" or not request.query_params:
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = _ALLOWED_QUERY.get(id(route))
+    if allowed is None:
+        allowed = _ALLOWED_QUERY[id(route)] = frozenset(_query_names(dependant))
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise ApiError("VALIDATION_ERROR", f"unknown query parameter {unknown[0]!r}")
 
 
 async def public_limit(request: Request, response: Response) -> None:
@@ -116,12 +145,28 @@ def market_spec(rt: Runtime, market: str) -> MarketSpec:
     return spec
 
 
+# Numbers beyond this many atomic units are refused at the edge: the engine bounds are lower
+# (engine.exchange.MAX_UNITS) and the journal stores 64-bit integers.
+EDGE_MAX_UNITS = 10**18
+_RANGE_CODES = {"size": "INVALID_SIZE", "amount": "INVALID_AMOUNT"}
+
+
 def to_units(text: str, decimals: int, off_grid_code: str, what: str) -> int:
-    """A decimal string to atomic units; too many decimals is an off-grid business error."""
+    """A decimal string to atomic units; too many decimals is an off-grid business error,
+    an absurdly large value a range error of the field (INVALID_PRICE/SIZE/AMOUNT)."""
     try:
-        return parse_units(text, decimals)
+        units = parse_units(text, decimals)
     except FixedPointError as exc:
         raise ApiError(off_grid_code, f"{what} {text} has more decimals than allowed") from exc
+    if abs(units) > EDGE_MAX_UNITS:
+        raise ApiError(_RANGE_CODES.get(what, "INVALID_PRICE"), f"{what} {text} is out of range")
+    return units
+
+
+def check_timestamp(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= 2**62:
+        raise ApiError("INVALID_EXPIRE_TS", "expire_ts is out of range")
+    return value
 
 
 def parse_id(text: str, code: str = "ORDER_NOT_FOUND") -> int:

@@ -11,7 +11,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.deps import Principal, market_spec, parse_id, runtime, signed, submit, to_units
+from app.api.deps import (
+    Principal,
+    check_timestamp,
+    market_spec,
+    parse_id,
+    runtime,
+    signed,
+    submit,
+    to_units,
+)
 from app.api.schemas import (
     AmendRequest,
     BatchRequest,
@@ -45,7 +54,7 @@ def order_command(rt: Runtime, account_id: int, body: OrderRequest) -> c.PlaceOr
         if body.price is None
         else to_units(body.price, spec.quote_decimals, "PRICE_NOT_ON_TICK", "price"),
         tif=TimeInForce(tif),
-        expire_ts=body.expire_ts,
+        expire_ts=check_timestamp(body.expire_ts),
         client_order_id=body.client_order_id,
         stp=StpMode(body.stp) if body.stp else None,
         reduce_only=body.reduce_only,
@@ -115,6 +124,8 @@ async def cancel_batch(
     body: CancelBatchRequest, request: Request, who: Principal = Depends(signed("trade", "cancel"))
 ) -> dict[str, Any]:
     rt = runtime(request)
+    if not body.cancels:
+        raise ApiError("BATCH_EMPTY", "a batch needs at least one cancel")
     if len(body.cancels) > rt.config.max_batch:
         raise ApiError("BATCH_TOO_LARGE", f"at most {rt.config.max_batch} cancels per batch")
     cancels = []
@@ -219,6 +230,8 @@ async def place(rt: Runtime, account_id: int, body: OrderRequest) -> dict[str, A
 
 
 async def place_batch_items(rt: Runtime, account_id: int, body: BatchRequest) -> dict[str, Any]:
+    if not body.orders:
+        raise ApiError("BATCH_EMPTY", "a batch needs at least one order")
     if len(body.orders) > rt.config.max_batch:
         raise ApiError("BATCH_TOO_LARGE", f"at most {rt.config.max_batch} orders per batch")
     results: list[dict[str, Any] | None] = [None] * len(body.orders)

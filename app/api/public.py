@@ -29,8 +29,11 @@ async def health(request: Request) -> Any:
     db = "ok"
     if rt.store is None or not await rt.store.ping():
         db = "down"
+    status = rt.status  # starting, recovering, failed, ready
+    if rt.sequencer is not None and not rt.sequencer.ready:
+        status = "recovering"  # rebuilding from the journal after a failed commit
     body = {
-        "status": "ok" if rt.ready and db == "ok" else rt.status if not rt.ready else "degraded",
+        "status": "ok" if rt.ready and db == "ok" else status if not rt.ready else "degraded",
         "seq": rt.sequencer.seq if rt.sequencer else rt.engine.last_seq,
         "db": db,
     }

@@ -42,7 +42,7 @@ class OrderRequest(Body):
 
 
 class BatchRequest(Body):
-    orders: list[OrderRequest] = Field(min_length=1)
+    orders: list[OrderRequest]  # empty: 400 BATCH_EMPTY (a business rule, not a shape error)
     atomic: bool = False
 
 
@@ -52,7 +52,7 @@ class CancelItem(Body):
 
 
 class CancelBatchRequest(Body):
-    cancels: list[CancelItem] = Field(min_length=1)
+    cancels: list[CancelItem]
 
 
 class AmendRequest(Body):

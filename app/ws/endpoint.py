@@ -11,6 +11,7 @@ Rules owned here:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -84,21 +85,24 @@ class Session:
         try:
             await self.dispatch(op, msg, req_id)
         except ApiError as err:
-            self.reply(self._response_error(op, req_id, err.code, err.message))
+            self.reply(self._response_error(op, req_id, err.body()["error"]))
         except ValidationError as exc:
             first = exc.errors()[0] if exc.errors() else {"msg": "invalid"}
             loc = ".".join(str(p) for p in first.get("loc", ()))
+            message = f"{loc}: {first.get('msg')}".strip(": ")
             self.reply(
-                self._response_error(
-                    op, req_id, "VALIDATION_ERROR", f"{loc}: {first.get('msg')}".strip(": ")
-                )
+                self._response_error(op, req_id, {"code": "VALIDATION_ERROR", "message": message})
             )
 
     @staticmethod
-    def _response_error(op: Any, req_id: Any, code: str, message: str) -> dict[str, Any]:
-        if isinstance(op, str) and op.startswith("order."):
-            return {"type": "response", "id": req_id, "error": {"code": code, "message": message}}
-        return _error(code, message, req_id)
+    def _response_error(op: Any, req_id: Any, error: dict[str, Any]) -> dict[str, Any]:
+        """Order entry errors answer as responses; others as error frames. Extra fields
+        (e.g. the live `order_id` of a duplicate client id) are kept."""
+        kind = "response" if isinstance(op, str) and op.startswith("order.") else "error"
+        out: dict[str, Any] = {"type": kind, "error": error}
+        if req_id is not None or kind == "response":
+            out["id"] = req_id
+        return out
 
     async def dispatch(self, op: Any, msg: dict[str, Any], req_id: Any) -> None:
         if op == "ping":
@@ -231,6 +235,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_text(frame if isinstance(frame, str) else frame.decode())
 
     conn = rt.hub.connect(send, lambda code, reason: websocket.close(code, reason))
+    conn.owner = asyncio.current_task()
     session = Session(rt, conn)
     try:
         while True:
@@ -246,5 +251,5 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         pass
     except RuntimeError:  # receive after the hub closed the socket (slow consumer)
         pass
-    finally:
+    finally:  # also on cancellation by the hub when a dropped client ignores the close frame
         await session.closed()

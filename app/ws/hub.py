@@ -19,10 +19,10 @@ function and a `close(code, reason)` coroutine function (e.g. Starlette's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 Frame = bytes | str
 SendFn = Callable[[Frame], Awaitable[None]]
@@ -61,6 +61,7 @@ class Connection:
         self._closer: asyncio.Task[None] | None = None
         self._metrics: HubMetrics | None = None
         self._on_dead: Callable[[Connection], None] | None = None
+        self.owner: asyncio.Task[Any] | None = None  # the task serving this socket, if any
 
     def start(self, metrics: HubMetrics, on_dead: Callable[[Connection], None]) -> None:
         self._metrics, self._on_dead = metrics, on_dead
@@ -112,8 +113,13 @@ class Connection:
             await asyncio.shield(self._closer)
 
     async def _do_close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(self._close(code, reason), CLOSE_TIMEOUT_S)
+        except Exception:
+            # The client does not even read the close frame: end its session task so the
+            # server drops the connection instead of keeping a zombie socket open.
+            if self.owner is not None and not self.owner.done():
+                self.owner.cancel()
 
 
 class Hub:
