@@ -216,15 +216,34 @@ class Exchange:
         acct = self._account(cmd.account_id)
         if cmd.tier is not None and cmd.tier not in self.config.fee_tiers:
             raise _Refused(Reject.INVALID_AMOUNT, f"unknown fee tier {cmd.tier}")
+        if cmd.tier is not None and cmd.tier != acct.tier:
+            self._check_holds_under_tier(acct, self.config.fee_tiers[cmd.tier])
         if cmd.stp is not None:
             acct.stp = cmd.stp
         if cmd.auto_borrow is not None:
             acct.auto_borrow = cmd.auto_borrow
-        if cmd.tier is not None:
+        if cmd.tier is not None and cmd.tier != acct.tier:
             acct.tier = cmd.tier
+            for oid in sorted(acct.live):  # buy holds carry a fee reserve at the tier's rate
+                o = acct.live[oid]
+                self._refresh_hold(o, self.markets[o.market].spec, acct)
         self._events.append(
             AccountSettingsChanged(acct.account_id, acct.stp, acct.auto_borrow, acct.tier)
         )
+
+    def _check_holds_under_tier(self, acct: Account, tier: FeeTier) -> None:
+        """A tier change re-prices the fee reserve of live buys; refuse it if funds fall short."""
+        extra: dict[str, int] = {}
+        for o in acct.live.values():
+            spec = self.markets[o.market].spec
+            asset = spec.quote if o.side is Side.BUY else spec.base
+            extra[asset] = extra.get(asset, 0) + self._required_hold(o, spec, tier) - o.hold
+        short = sorted(a for a, more in extra.items() if more > acct.available(a))
+        if short:
+            raise _Refused(
+                Reject.INSUFFICIENT_BALANCE,
+                f"open orders would need more {short[0]} under the new tier",
+            )
 
     # ------------------------------------------------------------------ money
     def _transfer(
@@ -428,16 +447,20 @@ class Exchange:
             ):
                 break
             for maker in level.orders():
+                taken = used.get(maker.order_id, 0) if used else 0
+                if taken >= maker.remaining:
+                    continue  # consumed or cancelled by an earlier atomic leg
                 if maker.account_id == account_id:
                     if stp is StpMode.CANCEL_MAKER:
+                        if used is not None:  # the real fill will cancel it: later legs skip it
+                            used[maker.order_id] = maker.remaining
                         continue
                     return size - need, notional
-                avail = maker.remaining - (used.get(maker.order_id, 0) if used else 0)
-                q = min(need, avail)
+                q = min(need, maker.remaining - taken)
                 if q > 0:
                     notional += spec.notional(level.price, q)
                     if used is not None:
-                        used[maker.order_id] = used.get(maker.order_id, 0) + q
+                        used[maker.order_id] = taken + q
                 need -= q
                 if need == 0:
                     return size, notional

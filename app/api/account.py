@@ -11,15 +11,24 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.api.admin import new_key_pair, raise_rejection
-from app.api.deps import Principal, market_spec, parse_id, runtime, signed, submit, to_units
+from app.api.admin import money_result, new_key_pair, raise_rejection
+from app.api.deps import (
+    Principal,
+    market_spec,
+    page,
+    parse_cursor,
+    runtime,
+    signed,
+    submit,
+    to_units,
+)
 from app.api.schemas import KeyRequest, SettingsRequest, WithdrawalRequest, error_responses
 from app.errors import ApiError
 from app.sequencer import ServiceUnavailable
 from app.store import queries
-from app.views import fill_row_wire, ledger_row_wire, transfer_wire
+from app.views import fill_row_wire, ledger_row_wire
 from engine import commands as c
-from engine.events import AccountSettingsChanged, IdempotentReplay, Transfer
+from engine.events import AccountSettingsChanged
 from engine.fixedpoint import format_units
 from engine.types import StpMode
 
@@ -116,23 +125,7 @@ async def withdraw(
             allow_borrow=body.allow_borrow,
         ),
     )
-    raise_rejection(events)
-    for e in events:
-        if isinstance(e, IdempotentReplay):
-            response.status_code = 200
-            return {
-                "entry": transfer_wire(rt.config, e.original, who.account_id),
-                "replayed": True,
-                "status": "completed",
-            }
-        if isinstance(e, Transfer):
-            response.status_code = 201
-            return {
-                "entry": transfer_wire(rt.config, e, who.account_id),
-                "replayed": False,
-                "status": "completed",
-            }
-    raise ApiError("INTERNAL_ERROR", "withdrawal produced no transfer", status=500)
+    return money_result(rt, events, who.account_id, response, status="completed")
 
 
 @router.get("/ledger", responses=ERR, summary="Every balance change with its reason")
@@ -151,12 +144,9 @@ async def ledger(
         who.account_id,
         asset=asset,
         limit=limit,
-        cursor=parse_id(cursor, "INVALID_CURSOR") if cursor else None,
+        cursor=parse_cursor(cursor),
     )
-    return {
-        "entries": [ledger_row_wire(rt.config, r) for r in rows],
-        "next_cursor": str(nxt) if nxt is not None else None,
-    }
+    return page("entries", [ledger_row_wire(rt.config, r) for r in rows], nxt)
 
 
 @router.get("/fills", responses=ERR, summary="Your fills, newest first")
@@ -175,12 +165,9 @@ async def fills(
         who.account_id,
         market=market,
         limit=limit,
-        cursor=parse_id(cursor, "INVALID_CURSOR") if cursor else None,
+        cursor=parse_cursor(cursor),
     )
-    return {
-        "fills": [fill_row_wire(rt.config, r) for r in rows],
-        "next_cursor": str(nxt) if nxt is not None else None,
-    }
+    return page("fills", [fill_row_wire(rt.config, r) for r in rows], nxt)
 
 
 @router.post(

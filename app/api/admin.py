@@ -21,6 +21,7 @@ from app.api.schemas import (
     error_responses,
 )
 from app.errors import ApiError
+from app.runtime import Runtime
 from app.store import queries
 from app.views import transfer_wire
 from engine import commands as c
@@ -34,6 +35,22 @@ DEFAULT_PERMISSIONS = ("read", "trade", "withdraw")
 
 def new_key_pair() -> tuple[str, str]:
     return "k" + secrets.token_hex(12), secrets.token_hex(32)
+
+
+def money_result(
+    rt: Runtime, events: list[Event], account_id: int, response: Response, **extra: Any
+) -> dict[str, Any]:
+    """`{"entry", "replayed"}` of a deposit or withdrawal: 201 when it moved money, 200 for an
+    idempotent retry (the original entry, nothing changed); rejections raise."""
+    raise_rejection(events)
+    for e in events:
+        if isinstance(e, IdempotentReplay | Transfer):
+            replayed = isinstance(e, IdempotentReplay)
+            transfer = e.original if isinstance(e, IdempotentReplay) else e
+            response.status_code = 200 if replayed else 201
+            entry = transfer_wire(rt.config, transfer, account_id)
+            return {"entry": entry, "replayed": replayed, **extra}
+    raise ApiError("INTERNAL_ERROR", "the command moved no money", status=500)
 
 
 def raise_rejection(events: list[Event]) -> None:
@@ -103,15 +120,7 @@ async def deposit(
             account_id=account_id, asset=body.asset, amount=amount, deposit_id=body.deposit_id
         ),
     )
-    raise_rejection(events)
-    for e in events:
-        if isinstance(e, IdempotentReplay):
-            response.status_code = 200
-            return {"entry": transfer_wire(rt.config, e.original, account_id), "replayed": True}
-        if isinstance(e, Transfer):
-            response.status_code = 201
-            return {"entry": transfer_wire(rt.config, e, account_id), "replayed": False}
-    raise ApiError("INTERNAL_ERROR", "deposit produced no transfer", status=500)
+    return money_result(rt, events, account_id, response)
 
 
 @router.post("/markets/{market}/state", responses=ERR, summary="Set a market's state")

@@ -169,6 +169,15 @@ def check_timestamp(value: int | None) -> int | None:
     return value
 
 
+def parse_cursor(cursor: str | None) -> int | None:
+    return parse_id(cursor, "INVALID_CURSOR") if cursor else None
+
+
+def page(key: str, rows: list[Any], next_cursor: int | None) -> dict[str, Any]:
+    """A paginated answer: the items and the cursor for the next (older) page, if any."""
+    return {key: rows, "next_cursor": str(next_cursor) if next_cursor is not None else None}
+
+
 def parse_id(text: str, code: str = "ORDER_NOT_FOUND") -> int:
     """Ids are decimal integers; anything else is simply not found (404)."""
     if not text.isdigit() or len(text) > 18:

@@ -15,6 +15,8 @@ from app.api.deps import (
     Principal,
     check_timestamp,
     market_spec,
+    page,
+    parse_cursor,
     parse_id,
     runtime,
     signed,
@@ -166,12 +168,9 @@ async def list_orders(
         market=market,
         open_only=status == "open",
         limit=limit,
-        cursor=parse_id(cursor, "INVALID_CURSOR") if cursor else None,
+        cursor=parse_cursor(cursor),
     )
-    return {
-        "orders": [order_wire(rt.config, r) for r in rows],
-        "next_cursor": str(nxt) if nxt is not None else None,
-    }
+    return page("orders", [order_wire(rt.config, r) for r in rows], nxt)
 
 
 @router.get("/orders/by-client-id/{client_order_id}", responses=ERR, summary="Order by client id")

@@ -6,14 +6,16 @@ EXCHANGE_TEST_POSTGRES_URL is set; unreachable then means failure, not skip).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from exchange_client import AsyncExchangeClient
+from exchange_client import ApiError, AsyncExchangeClient
 from tests import dbutil
 from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
 
@@ -62,6 +64,9 @@ async def admin(server: ServerProcess) -> AsyncIterator[AsyncExchangeClient]:
         yield client
 
 
+DEFAULT_DEPOSITS = {"USDC": "100000", "BTC": "2"}
+
+
 class Trader:
     """An account with its client, created and funded through the operator API."""
 
@@ -92,3 +97,22 @@ async def make_trader(server: ServerProcess, admin: AsyncExchangeClient) -> Asyn
     yield make
     for t in made:
         await t.client.aclose()
+
+
+MakeTrader = Callable[..., Awaitable[Trader]]
+
+
+@pytest.fixture
+async def traders(make_trader: MakeTrader) -> AsyncIterator[MakeTrader]:
+    """`make_trader` with default deposits that cancels its accounts' orders at the end."""
+    made: list[Trader] = []
+
+    async def make(deposits: dict[str, str] | None = None) -> Trader:
+        trader = await make_trader(deposits=DEFAULT_DEPOSITS if deposits is None else deposits)
+        made.append(trader)
+        return trader
+
+    yield make
+    for trader in made:
+        with contextlib.suppress(ApiError, httpx.HTTPError):
+            await trader.client.cancel_all()

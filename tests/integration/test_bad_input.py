@@ -11,9 +11,8 @@ empty batches and concurrent identical requests from the client library.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -22,13 +21,11 @@ import pytest
 
 from exchange_client import ApiError, AsyncExchangeClient
 from exchange_client.signing import auth_headers, now_ms
-from tests.integration.conftest import Trader
+from tests.integration.conftest import MakeTrader, Trader
 from tests.server import ServerProcess
 
 BTC = "BTC-USDC"
 ETH = "ETH-USDC"
-DEFAULT = {"USDC": "100000", "BTC": "2"}
-MakeTrader = Callable[..., Awaitable[Trader]]
 ORDER = {"market": BTC, "side": "buy", "price": "50000", "size": "0.01"}
 
 
@@ -87,19 +84,6 @@ async def snapshot(t: Trader) -> tuple[Any, ...]:
             await t.client.book(ETH))
 
 
-@pytest.fixture
-async def traders(make_trader: MakeTrader) -> AsyncIterator[MakeTrader]:
-    made: list[Trader] = []
-
-    async def make(deposits: dict[str, str] | None = None) -> Trader:
-        trader = await make_trader(deposits=DEFAULT if deposits is None else deposits)
-        made.append(trader)
-        return trader
-
-    yield make
-    for trader in made:
-        with contextlib.suppress(ApiError, httpx.HTTPError):
-            await trader.client.cancel_all()
 
 
 # --------------------------------------------------------------------------- body shape

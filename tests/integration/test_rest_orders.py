@@ -9,9 +9,8 @@ empty for the next test. Expected amounts are worked out by hand from docs/order
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from decimal import Decimal
 from typing import Any
 
@@ -21,14 +20,12 @@ import pytest
 
 from exchange_client import ApiError, AsyncExchangeClient
 from exchange_client.signing import auth_headers
-from tests.integration.conftest import Trader
+from tests.integration.conftest import MakeTrader
 
 BTC = "BTC-USDC"
 ETH = "ETH-USDC"
 SOL = "SOL-USDC"
-DEFAULT = {"USDC": "100000", "BTC": "2"}
 
-MakeTrader = Callable[..., Awaitable[Trader]]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -100,20 +97,6 @@ def fill(order_id: str, market: str, side: str, price: str, size: str, fee: str,
             "fee": fee, "liquidity": liquidity}
 
 
-@pytest.fixture
-async def traders(make_trader: MakeTrader) -> AsyncIterator[MakeTrader]:
-    """`make_trader` that cancels every order of its accounts when the test ends."""
-    made: list[Trader] = []
-
-    async def make(deposits: dict[str, str] | None = None) -> Trader:
-        trader = await make_trader(deposits=DEFAULT if deposits is None else deposits)
-        made.append(trader)
-        return trader
-
-    yield make
-    for trader in made:
-        with contextlib.suppress(ApiError, httpx.HTTPError):
-            await trader.client.cancel_all()
 
 
 # --------------------------------------------------------------------------- limit orders

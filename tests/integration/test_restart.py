@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from exchange_client import AsyncExchangeClient, BookFollower, ExchangeWebSocket
-from tests.integration.conftest import _database
+from tests.integration.conftest import start_server
 from tests.server import ROOT, ServerProcess
 
 
@@ -40,14 +40,7 @@ def cli(server: ServerProcess, *args: str) -> dict[str, Any]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def fresh_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
-    for url in _database(request.param, tmp_path):
-        server = ServerProcess(url, tmp_path / "data")
-        server.migrate()
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    yield from start_server(request.param, tmp_path)
 
 
 async def snapshot_state(server: ServerProcess, traders: list[dict[str, Any]]) -> dict[str, Any]:

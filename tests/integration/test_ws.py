@@ -26,31 +26,16 @@ from websockets.uri import parse_uri
 
 from exchange_client import ApiError, AsyncExchangeClient, BookFollower, ExchangeWebSocket
 from exchange_client.signing import now_ms, ws_auth_frame
-from tests.integration.conftest import Trader, start_server
+from tests.integration.conftest import MakeTrader, Trader, start_server
 from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
 
 BTC = "BTC-USDC"
-DEFAULT = {"USDC": "100000", "BTC": "2"}
 LOT = Decimal("0.001")
-MakeTrader = Callable[..., Awaitable[Trader]]
 OpenSocket = Callable[[], Awaitable[ExchangeWebSocket]]
 
 
 # --------------------------------------------------------------------------- helpers
 
-@pytest.fixture
-async def traders(make_trader: MakeTrader) -> AsyncIterator[MakeTrader]:
-    made: list[Trader] = []
-
-    async def make(deposits: dict[str, str] | None = None) -> Trader:
-        trader = await make_trader(deposits=DEFAULT if deposits is None else deposits)
-        made.append(trader)
-        return trader
-
-    yield make
-    for trader in made:
-        with contextlib.suppress(ApiError, httpx.HTTPError):
-            await trader.client.cancel_all()
 
 
 @pytest.fixture
