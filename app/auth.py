@@ -104,6 +104,11 @@ class Authenticator:
     require = staticmethod(require)
     has_permission = staticmethod(has_permission)
 
+    def remember(self, signature: str, ts_ms: int) -> None:
+        """Mark a signature as accepted at `ts_ms` (e.g. from the journal after a restart)."""
+        if signature not in self._seen:
+            self._remember(signature, ts_ms + self.max_recv_window_ms)
+
     def verify(
         self,
         api_key: str | None,
@@ -116,8 +121,9 @@ class Authenticator:
     ) -> KeyRecord:
         """Return the caller's KeyRecord or raise AuthError (see module docstring)."""
         if not api_key or timestamp is None or timestamp == "" or not signature:
-            raise AuthError("MISSING_AUTH_HEADERS",
-                            "X-API-Key, X-Timestamp and X-Signature are required")
+            raise AuthError(
+                "MISSING_AUTH_HEADERS", "X-API-Key, X-Timestamp and X-Signature are required"
+            )
         ts = _parse_int(timestamp)
         if ts is None or ts < 0:
             raise AuthError("INVALID_TIMESTAMP", "timestamp must be integer milliseconds")
@@ -125,15 +131,18 @@ class Authenticator:
         if recv_window is not None and recv_window != "":
             parsed = _parse_int(recv_window)
             if parsed is None or not 0 < parsed <= self.max_recv_window_ms:
-                raise AuthError("INVALID_RECV_WINDOW",
-                                f"recv window must be an integer 1..{self.max_recv_window_ms}")
+                raise AuthError(
+                    "INVALID_RECV_WINDOW",
+                    f"recv window must be an integer 1..{self.max_recv_window_ms}",
+                )
             window = parsed
         now = self.clock()
         self._prune(now)
         if abs(now - ts) > window or ts + self.max_recv_window_ms <= self._horizon:
-            raise AuthError("TIMESTAMP_OUTSIDE_RECV_WINDOW",
-                            f"timestamp {ts} is outside the receive window of {window} ms "
-                            f"(server time {now})")
+            raise AuthError(
+                "TIMESTAMP_OUTSIDE_RECV_WINDOW",
+                f"timestamp {ts} is outside the receive window of {window} ms (server time {now})",
+            )
         record = self.lookup(api_key)
         if record is None or record.revoked:
             raise AuthError("UNKNOWN_API_KEY", "unknown or revoked API key")

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     recv_window_ms: int = 5000
     batch_max: int = 512  # sequencer: max commands per group commit
     ws_queue_size: int = 4096
+    snapshot_every: int = 10_000  # commands between snapshots
+    snapshot_interval_s: float = 60.0  # or this long, whichever comes first (if anything changed)
+    snapshot_keep: int = 3  # newest snapshots kept
 
     @property
     def rate_limits_enabled(self) -> bool:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,26 @@ from app.auth import Authenticator, KeyRecord
 from app.config import Settings, load_exchange_config
 from app.marketdata import MarketData
 from app.ratelimit import RateLimiter
+from app.recovery import RecoveryReport, encode_snapshot, recover
 from app.sequencer import Entry, Sequencer
 from app.store import Store
 from app.views import fill_from_trade, order_wire, transfer_wire
 from app.ws.hub import Hub
-from engine.events import ApiKeyCreated, ApiKeyRevoked, Event, OrderUpdate, TradeEvent, Transfer
+from engine.events import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    BookDelta,
+    Event,
+    MarketStateChanged,
+    OrderUpdate,
+    TradeEvent,
+    Transfer,
+)
 from engine.exchange import Exchange
+from engine.types import MarketState, Side
 
 log = logging.getLogger("exchange.runtime")
+MARKETDATA_TRADES = 5000  # newest trades per market replayed into candles/tickers at start
 
 
 def admin_credentials(settings: Settings) -> tuple[str, str, bool]:
@@ -70,6 +83,10 @@ class Runtime:
         self.status = "starting"
         self.startup_error: str | None = None
         self._startup: asyncio.Task[None] | None = None
+        self.recovery = RecoveryReport()
+        self._snap_seq = 0
+        self._snap_time = time.monotonic()
+        self._snapshot_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- life
     async def start(self) -> None:
@@ -112,33 +129,91 @@ class Runtime:
             await self.store.close()
 
     async def rebuild(self) -> Exchange:
-        """A fresh engine and fresh read models from a full journal replay."""
+        """The engine at the last committed seq (snapshot + journal tail) and fresh read models."""
         assert self.store is not None
-        engine = Exchange(self.config)
-        marketdata = MarketData(self.config)
+        engine, report = await recover(self.store, self.config)
+        self.marketdata = await self._marketdata_from(engine)
         keys = {self.admin_key: self.keys[self.admin_key]}
-        count = 0
-        async for seq, ts, command in self.store.read_journal(after_seq=0):
-            events = engine.apply(command)
-            marketdata.on_command(seq, ts, events)
-            self._update_keys(keys, events)
-            count += 1
-            if count % 5000 == 0:
-                await asyncio.sleep(0)  # let health checks answer while replaying
-        problems = engine.check_invariants()
-        if problems:
-            raise RuntimeError("state after replay breaks invariants: " + "; ".join(problems[:5]))
-        self.marketdata = marketdata
+        for k in engine.api_keys.values():
+            keys[k.api_key] = KeyRecord(
+                k.api_key, k.secret, k.account_id, frozenset(k.permissions), k.revoked
+            )
         self.keys.clear()
         self.keys.update(keys)
+        for sig, ts in engine.signatures.items():  # requests accepted before a restart stay spent
+            self.auth.remember(sig, ts)
         self.engine = engine
-        log.info(
-            "replayed %d journal commands, seq %d, state %s",
-            count,
-            engine.last_seq,
-            engine.state_hash()[:16],
-        )
+        self.recovery = report
+        self._snap_seq, self._snap_time = engine.last_seq, time.monotonic()
         return engine
+
+    async def _marketdata_from(self, engine: Exchange) -> MarketData:
+        """Read models rebuilt from committed state: books and market states from the engine,
+        recent trades, candles and tickers from the newest trades in the database."""
+        assert self.store is not None
+        md = MarketData(self.config)
+        for market in self.config.markets:
+            for row in await self.store.recent_trades(market, MARKETDATA_TRADES):
+                md.on_command(
+                    row["seq"],
+                    row["ts"],
+                    [
+                        TradeEvent(
+                            row["trade_id"],
+                            market,
+                            row["price"],
+                            row["size"],
+                            Side(row["taker_side"]),
+                            row["maker_order_id"],
+                            row["taker_order_id"],
+                            row["maker_account"],
+                            row["taker_account"],
+                            row["maker_fee"],
+                            row["taker_fee"],
+                            row["ts"],
+                        )
+                    ],
+                )
+            book = engine.markets[market].book
+            events: list[Event] = [
+                BookDelta(market, tuple(book.depth(Side.BUY)), tuple(book.depth(Side.SELL)))
+            ]
+            if engine.markets[market].state is not MarketState.OPEN:
+                events.append(MarketStateChanged(market, engine.markets[market].state))
+            md.on_command(engine.last_seq, engine.last_ts, events)
+        return md
+
+    # ----------------------------------------------------------- snapshots
+    def _maybe_snapshot(self) -> None:
+        """After a commit: snapshot when N commands or T seconds have passed since the last.
+        The copy is taken here, at a seq boundary; encoding and writing run off the loop."""
+        engine = self.engine
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            return
+        behind = engine.last_seq - self._snap_seq
+        if behind <= 0:
+            return
+        settings = self.settings
+        if behind < settings.snapshot_every and (
+            time.monotonic() - self._snap_time < settings.snapshot_interval_s
+        ):
+            return
+        snap = engine.snapshot()
+        self._snap_seq, self._snap_time = engine.last_seq, time.monotonic()
+        self._snapshot_task = asyncio.create_task(
+            self._write_snapshot(engine.last_seq, engine.last_ts, snap)
+        )
+
+    async def _write_snapshot(self, seq: int, ts: int, snap: dict[str, Any]) -> None:
+        assert self.store is not None
+        try:
+            data, checksum, state_hash = await asyncio.to_thread(encode_snapshot, snap)
+            await self.store.save_snapshot(
+                seq, ts, state_hash, checksum, data, self.settings.snapshot_keep
+            )
+            log.info("snapshot at seq %d (%d bytes, state %s)", seq, len(data), state_hash[:16])
+        except Exception:
+            log.exception("snapshot at seq %d failed; the next one will be tried later", seq)
 
     @property
     def db(self) -> Store:
@@ -180,6 +255,7 @@ class Runtime:
             self._publish_private(seq, events)
         for channel, text in latest.items():
             hub.publish(channel, text)
+        self._maybe_snapshot()
 
     def _publish_private(self, seq: int, events: Sequence[Event]) -> None:
         hub, config = self.hub, self.config

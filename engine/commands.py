@@ -17,6 +17,7 @@ from engine.types import CancelReason, MarketState, OrderType, Side, StpMode, Ti
 class Command:
     seq: int = 0
     ts: int = 0
+    sig: str | None = None  # the request signature that authorised it (replay window)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -62,6 +62,7 @@ PPM = 1_000_000
 MAX_UNITS = 10**17  # largest price, size, notional or single movement, in atomic units
 MAX_BALANCE = 10**18  # largest balance a deposit may create
 MAX_TS = 2**62
+SIGNATURE_WINDOW_MS = 60_000  # the longest receive window a request may claim
 RECENT_DONE_ORDERS = 10_000  # finished orders remembered for ORDER_NOT_LIVE answers
 _VALID_PERMISSIONS = frozenset(p.value for p in Permission) - {"admin", "oracle"}
 
@@ -106,6 +107,9 @@ class Exchange:
         self.next_transfer_id = 1
         self.last_seq = 0
         self.last_ts = 0
+        # Signatures of the signed requests behind recent commands, oldest first, so a
+        # request captured before a restart cannot be replayed after it (app/auth.py).
+        self.signatures: OrderedDict[str, int] = OrderedDict()
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -133,6 +137,8 @@ class Exchange:
         self._ts = cmd.ts
         self.last_seq = cmd.seq
         self.last_ts = cmd.ts
+        if cmd.sig is not None:
+            self._remember_signature(cmd.sig, cmd.ts)
         self._expire_due(cmd.ts)
         try:
             self._handlers[type(cmd)](cmd)
@@ -152,6 +158,16 @@ class Exchange:
                 events.append(BookDelta(market.spec.symbol, delta[0], delta[1]))
         self._events = []
         return events
+
+    def _remember_signature(self, sig: str, ts: int) -> None:
+        sigs = self.signatures
+        sigs[sig] = ts
+        horizon = ts - SIGNATURE_WINDOW_MS
+        while sigs:
+            oldest = next(iter(sigs.values()))
+            if oldest >= horizon:
+                break
+            sigs.popitem(last=False)
 
     def next_deadline(self) -> int | None:
         """The ts at which a `Tick` has work to do (earliest GTT expiry), if any."""
@@ -882,6 +898,20 @@ class Exchange:
             "taker_fee_ppm": tier.taker_ppm,
             "open_orders": len(acct.live),
         }
+
+    def asset_totals(self) -> dict[str, tuple[int, int, int]]:
+        """Per asset: (sum over user accounts, over system accounts, the external account).
+        Conservation: the three add up to exactly 0."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for asset in self.config.assets:
+            users = system = 0
+            for aid, acct in self.accounts.items():
+                if aid >= FIRST_USER_ACCOUNT:
+                    users += acct.balance(asset)
+                elif aid != EXTERNAL:
+                    system += acct.balance(asset)
+            out[asset] = (users, system, self.accounts[EXTERNAL].balance(asset))
+        return out
 
     def open_orders(self, account_id: int) -> list[OrderView]:
         acct = self.accounts.get(account_id)

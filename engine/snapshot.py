@@ -140,6 +140,7 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         "done": [_order_out(o) for o in ex.done.values()],
         "deposits": sorted([k, _transfer_out(t)] for k, t in ex.deposits.items()),
         "withdrawals": sorted([k, _transfer_out(t)] for k, t in ex.withdrawals.items()),
+        "signatures": [[s, ts] for s, ts in ex.signatures.items()],
     }
 
 
@@ -176,6 +177,7 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     ex.done = OrderedDict((row[0], _order_in(row)) for row in snap["done"])
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}
+    ex.signatures = OrderedDict((s, ts) for s, ts in snap["signatures"])
     return ex
 
 

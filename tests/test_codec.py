@@ -30,6 +30,7 @@ place = st.builds(
     stp=st.none() | st.sampled_from(StpMode),
     reduce_only=st.booleans(),
     trigger_price=maybe_int,
+    sig=st.none() | text,
 )
 cancel = st.builds(
     c.CancelOrder,

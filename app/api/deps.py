@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import Request, Response
@@ -124,14 +125,24 @@ def signed(permission: str, category: str = "read") -> Callable[..., Awaitable[P
         if permission != "admin" and record.account_id is None:
             raise ApiError("PERMISSION_DENIED", "operator keys have no trading account", status=403)
         _limit(rt, response, "key:" + record.api_key, category)
+        _signature.set(h.get("x-signature"))
         return Principal(record)
 
     return dependency
 
 
+# The signature of the request being served (set by `signed`, same task as the handler).
+_signature: ContextVar[str | None] = ContextVar("request_signature", default=None)
+
+
 async def submit(rt: Runtime, command: Command) -> list[Event]:
+    """Hand a command to the sequencer; it carries the request's signature into the journal,
+    so the replay window survives a restart."""
     if rt.sequencer is None:
         raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    sig = _signature.get()
+    if sig is not None and command.sig is None:
+        command = replace(command, sig=sig)
     try:
         return await rt.sequencer.submit(command)
     except ServiceUnavailable as exc:

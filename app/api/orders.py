@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.api.deps import (
     Principal,
@@ -33,7 +33,7 @@ from app.api.schemas import (
 from app.errors import ApiError
 from app.runtime import Runtime
 from app.store import queries
-from app.views import fill_from_trade, order_wire
+from app.views import fill_from_trade, fill_row_wire, order_wire
 from engine import commands as c
 from engine.events import BatchItem, Event, OrderUpdate, Rejected, TradeEvent
 from engine.types import OrderType, Side, StpMode, TimeInForce
@@ -109,9 +109,15 @@ def error_item(err: ApiError) -> dict[str, Any]:
 
 @router.post("/orders", status_code=201, responses=ERR, summary="Place an order")
 async def place_order(
-    body: OrderRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+    body: OrderRequest,
+    request: Request,
+    response: Response,
+    who: Principal = Depends(signed("trade", "order")),
 ) -> dict[str, Any]:
-    return await place(runtime(request), who.account_id, body)
+    result = await place(runtime(request), who.account_id, body)
+    if result.get("replayed"):
+        response.status_code = 200
+    return result
 
 
 @router.post("/orders/batch", responses=ERR, summary="Place up to 20 orders (optionally atomic)")
@@ -224,8 +230,41 @@ async def cancel_all(
 
 
 async def place(rt: Runtime, account_id: int, body: OrderRequest) -> dict[str, Any]:
-    events = await submit(rt, order_command(rt, account_id, body))
-    return order_result(rt, events, account_id)
+    cmd = order_command(rt, account_id, body)
+    events = await submit(rt, cmd)
+    try:
+        return order_result(rt, events, account_id)
+    except ApiError as err:
+        if err.code == "DUPLICATE_CLIENT_ORDER_ID":
+            replay = await retried_order(rt, account_id, cmd)
+            if replay is not None:
+                return replay
+        raise
+
+
+async def retried_order(rt: Runtime, account_id: int, cmd: c.PlaceOrder) -> dict[str, Any] | None:
+    """A retry of a live order (same client id and parameters) gets that order as it is
+    now, with its fills, instead of a duplicate: idempotent placement, across restarts."""
+    assert cmd.client_order_id is not None
+    row = await queries.get_order_by_client_id(rt.db, account_id, cmd.client_order_id)
+    if row is None or row["status"] not in ("open", "partially_filled", "untriggered"):
+        return None
+    same = (row["market"], row["side"], row["type"], row["price"], row["size"], row["tif"]) == (
+        cmd.market,
+        cmd.side.value,
+        cmd.type.value,
+        cmd.price,
+        cmd.size,
+        cmd.tif.value,
+    )
+    if not same:
+        return None
+    fills = await queries.fills_of_order(rt.db, account_id, row["order_id"])
+    return {
+        "order": order_wire(rt.config, row),
+        "fills": [fill_row_wire(rt.config, f) for f in fills],
+        "replayed": True,
+    }
 
 
 async def place_batch_items(rt: Runtime, account_id: int, body: BatchRequest) -> dict[str, Any]:

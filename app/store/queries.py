@@ -49,8 +49,12 @@ async def _page(db: Store | AsyncEngine, query: Select[Any], key: str, limit: in
 
 
 async def list_orders(
-    store: Store | AsyncEngine, account_id: int, market: str | None = None,
-    open_only: bool = False, limit: int = 100, cursor: int | None = None,
+    store: Store | AsyncEngine,
+    account_id: int,
+    market: str | None = None,
+    open_only: bool = False,
+    limit: int = 100,
+    cursor: int | None = None,
 ) -> Page:
     o = t.orders
     q = select(o).where(o.c.account_id == account_id)
@@ -65,8 +69,9 @@ async def list_orders(
 
 async def get_order(store: Store | AsyncEngine, account_id: int, order_id: int) -> Row | None:
     o = t.orders
-    rows = await _rows(store, select(o).where(o.c.account_id == account_id,
-                                              o.c.order_id == order_id))
+    rows = await _rows(
+        store, select(o).where(o.c.account_id == account_id, o.c.order_id == order_id)
+    )
     return rows[0] if rows else None
 
 
@@ -75,15 +80,22 @@ async def get_order_by_client_id(
 ) -> Row | None:
     """The newest order of the account carrying that client id."""
     o = t.orders
-    q = (select(o).where(o.c.account_id == account_id, o.c.client_order_id == client_order_id)
-         .order_by(o.c.order_id.desc()).limit(1))
+    q = (
+        select(o)
+        .where(o.c.account_id == account_id, o.c.client_order_id == client_order_id)
+        .order_by(o.c.order_id.desc())
+        .limit(1)
+    )
     rows = await _rows(store, q)
     return rows[0] if rows else None
 
 
 async def list_fills(
-    store: Store | AsyncEngine, account_id: int, market: str | None = None,
-    limit: int = 100, cursor: int | None = None,
+    store: Store | AsyncEngine,
+    account_id: int,
+    market: str | None = None,
+    limit: int = 100,
+    cursor: int | None = None,
 ) -> Page:
     f = t.fills
     q = select(f).where(f.c.account_id == account_id)
@@ -92,6 +104,13 @@ async def list_fills(
     if cursor is not None:
         q = q.where(f.c.trade_id < cursor)
     return await _page(store, q.order_by(f.c.trade_id.desc()), "trade_id", limit)
+
+
+async def fills_of_order(store: Store | AsyncEngine, account_id: int, order_id: int) -> list[Row]:
+    """Every fill of one order, oldest first."""
+    f = t.fills
+    q = select(f).where(f.c.account_id == account_id, f.c.order_id == order_id)
+    return await _rows(store, q.order_by(f.c.trade_id))
 
 
 async def list_trades(
@@ -105,8 +124,11 @@ async def list_trades(
 
 
 async def list_ledger(
-    store: Store | AsyncEngine, account_id: int, asset: str | None = None,
-    limit: int = 100, cursor: int | None = None,
+    store: Store | AsyncEngine,
+    account_id: int,
+    asset: str | None = None,
+    limit: int = 100,
+    cursor: int | None = None,
 ) -> Page:
     lg = t.ledger
     q = select(lg).where(lg.c.account_id == account_id)
@@ -136,8 +158,11 @@ async def list_accounts(
 
 
 async def list_api_keys(
-    store: Store | AsyncEngine, account_id: int | None = None, limit: int = 1000,
-    cursor: str | None = None, include_secret: bool = False,
+    store: Store | AsyncEngine,
+    account_id: int | None = None,
+    limit: int = 1000,
+    cursor: str | None = None,
+    include_secret: bool = False,
 ) -> Page:
     """Keys ordered by api_key; `permissions` as a list; the secret only when asked for."""
     k = t.api_keys

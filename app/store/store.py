@@ -62,8 +62,19 @@ def journal_checksum(seq: int, ts: int, command_text: str) -> int:
 class _Rows:
     """The rows one batch produces, already coalesced."""
 
-    __slots__ = ("journal", "accounts", "settings", "keys", "revoked", "ledger", "balances",
-                 "orders", "trades", "fills", "states")
+    __slots__ = (
+        "journal",
+        "accounts",
+        "settings",
+        "keys",
+        "revoked",
+        "ledger",
+        "balances",
+        "orders",
+        "trades",
+        "fills",
+        "states",
+    )
 
     def __init__(self) -> None:
         self.journal: list[dict[str, Any]] = []
@@ -83,37 +94,72 @@ def _project(entries: Sequence[Entry]) -> _Rows:
     r = _Rows()
     for seq, ts, command, events in entries:
         cmd_text = command_json(command)
-        r.journal.append({"seq": seq, "ts": ts, "command": cmd_text,
-                          "checksum": journal_checksum(seq, ts, cmd_text)})
+        r.journal.append(
+            {
+                "seq": seq,
+                "ts": ts,
+                "command": cmd_text,
+                "checksum": journal_checksum(seq, ts, cmd_text),
+            }
+        )
         for ev in events:
             if isinstance(ev, OrderUpdate):
                 o = ev.order
                 r.orders[o.order_id] = {
-                    "order_id": o.order_id, "account_id": o.account_id,
-                    "client_order_id": o.client_order_id, "market": o.market,
-                    "side": o.side.value, "type": o.type.value, "tif": o.tif.value,
-                    "price": o.price, "trigger_price": o.trigger_price, "size": o.size,
-                    "filled": o.filled, "filled_notional": o.filled_notional,
-                    "status": o.status.value, "reduce_only": o.reduce_only, "stp": o.stp.value,
-                    "expire_ts": o.expire_ts, "created_ts": o.created_ts,
-                    "updated_ts": o.updated_ts, "cancel_reason": o.cancel_reason,
+                    "order_id": o.order_id,
+                    "account_id": o.account_id,
+                    "client_order_id": o.client_order_id,
+                    "market": o.market,
+                    "side": o.side.value,
+                    "type": o.type.value,
+                    "tif": o.tif.value,
+                    "price": o.price,
+                    "trigger_price": o.trigger_price,
+                    "size": o.size,
+                    "filled": o.filled,
+                    "filled_notional": o.filled_notional,
+                    "status": o.status.value,
+                    "reduce_only": o.reduce_only,
+                    "stp": o.stp.value,
+                    "expire_ts": o.expire_ts,
+                    "created_ts": o.created_ts,
+                    "updated_ts": o.updated_ts,
+                    "cancel_reason": o.cancel_reason,
                 }
             elif isinstance(ev, Transfer):
                 _transfer(r, ev, seq)
             elif isinstance(ev, TradeEvent):
                 _trade(r, ev, seq)
             elif isinstance(ev, AccountCreated):
-                r.accounts.append({"account_id": ev.account_id, "name": ev.name,
-                                   "tier": ev.tier, "stp": "cancel_taker",
-                                   "auto_borrow": False, "created_ts": ev.ts})
+                r.accounts.append(
+                    {
+                        "account_id": ev.account_id,
+                        "name": ev.name,
+                        "tier": ev.tier,
+                        "stp": "cancel_taker",
+                        "auto_borrow": False,
+                        "created_ts": ev.ts,
+                    }
+                )
             elif isinstance(ev, AccountSettingsChanged):
-                r.settings[ev.account_id] = {"b_account_id": ev.account_id,
-                                             "stp": ev.stp.value,
-                                             "auto_borrow": ev.auto_borrow, "tier": ev.tier}
+                r.settings[ev.account_id] = {
+                    "b_account_id": ev.account_id,
+                    "stp": ev.stp.value,
+                    "auto_borrow": ev.auto_borrow,
+                    "tier": ev.tier,
+                }
             elif isinstance(ev, ApiKeyCreated):
-                r.keys.append({"api_key": ev.api_key, "account_id": ev.account_id,
-                               "secret": ev.api_secret, "permissions": ",".join(ev.permissions),
-                               "label": ev.label, "created_ts": ev.ts, "revoked": False})
+                r.keys.append(
+                    {
+                        "api_key": ev.api_key,
+                        "account_id": ev.account_id,
+                        "secret": ev.api_secret,
+                        "permissions": ",".join(ev.permissions),
+                        "label": ev.label,
+                        "created_ts": ev.ts,
+                        "revoked": False,
+                    }
+                )
             elif isinstance(ev, ApiKeyRevoked):
                 r.revoked.append({"b_api_key": ev.api_key, "revoked": True})
             elif isinstance(ev, MarketStateChanged):
@@ -123,34 +169,85 @@ def _project(entries: Sequence[Entry]) -> _Rows:
 
 def _transfer(r: _Rows, tr: Transfer, seq: int) -> None:
     reason = tr.reason.value
-    r.ledger.append({"transfer_id": tr.transfer_id, "account_id": tr.from_account,
-                     "asset": tr.asset, "amount": -tr.amount, "balance_after": tr.from_balance,
-                     "reason": reason, "ref": tr.ref, "counterparty": tr.to_account,
-                     "ts": tr.ts, "seq": seq})
-    r.ledger.append({"transfer_id": tr.transfer_id, "account_id": tr.to_account,
-                     "asset": tr.asset, "amount": tr.amount, "balance_after": tr.to_balance,
-                     "reason": reason, "ref": tr.ref, "counterparty": tr.from_account,
-                     "ts": tr.ts, "seq": seq})
+    r.ledger.append(
+        {
+            "transfer_id": tr.transfer_id,
+            "account_id": tr.from_account,
+            "asset": tr.asset,
+            "amount": -tr.amount,
+            "balance_after": tr.from_balance,
+            "reason": reason,
+            "ref": tr.ref,
+            "counterparty": tr.to_account,
+            "ts": tr.ts,
+            "seq": seq,
+        }
+    )
+    r.ledger.append(
+        {
+            "transfer_id": tr.transfer_id,
+            "account_id": tr.to_account,
+            "asset": tr.asset,
+            "amount": tr.amount,
+            "balance_after": tr.to_balance,
+            "reason": reason,
+            "ref": tr.ref,
+            "counterparty": tr.from_account,
+            "ts": tr.ts,
+            "seq": seq,
+        }
+    )
     r.balances[(tr.from_account, tr.asset)] = tr.from_balance
     r.balances[(tr.to_account, tr.asset)] = tr.to_balance
 
 
 def _trade(r: _Rows, te: TradeEvent, seq: int) -> None:
     taker_side = te.taker_side.value
-    r.trades.append({"trade_id": te.trade_id, "market": te.market, "price": te.price,
-                     "size": te.size, "taker_side": taker_side,
-                     "maker_order_id": te.maker_order_id, "taker_order_id": te.taker_order_id,
-                     "maker_account": te.maker_account, "taker_account": te.taker_account,
-                     "maker_fee": te.maker_fee, "taker_fee": te.taker_fee, "ts": te.ts,
-                     "seq": seq})
-    r.fills.append({"account_id": te.maker_account, "trade_id": te.trade_id,
-                    "order_id": te.maker_order_id, "market": te.market,
-                    "side": te.taker_side.opposite.value, "price": te.price, "size": te.size,
-                    "fee": te.maker_fee, "liquidity": "maker", "ts": te.ts})
-    r.fills.append({"account_id": te.taker_account, "trade_id": te.trade_id,
-                    "order_id": te.taker_order_id, "market": te.market, "side": taker_side,
-                    "price": te.price, "size": te.size, "fee": te.taker_fee,
-                    "liquidity": "taker", "ts": te.ts})
+    r.trades.append(
+        {
+            "trade_id": te.trade_id,
+            "market": te.market,
+            "price": te.price,
+            "size": te.size,
+            "taker_side": taker_side,
+            "maker_order_id": te.maker_order_id,
+            "taker_order_id": te.taker_order_id,
+            "maker_account": te.maker_account,
+            "taker_account": te.taker_account,
+            "maker_fee": te.maker_fee,
+            "taker_fee": te.taker_fee,
+            "ts": te.ts,
+            "seq": seq,
+        }
+    )
+    r.fills.append(
+        {
+            "account_id": te.maker_account,
+            "trade_id": te.trade_id,
+            "order_id": te.maker_order_id,
+            "market": te.market,
+            "side": te.taker_side.opposite.value,
+            "price": te.price,
+            "size": te.size,
+            "fee": te.maker_fee,
+            "liquidity": "maker",
+            "ts": te.ts,
+        }
+    )
+    r.fills.append(
+        {
+            "account_id": te.taker_account,
+            "trade_id": te.trade_id,
+            "order_id": te.taker_order_id,
+            "market": te.market,
+            "side": taker_side,
+            "price": te.price,
+            "size": te.size,
+            "fee": te.taker_fee,
+            "liquidity": "taker",
+            "ts": te.ts,
+        }
+    )
 
 
 class _Prepared:
@@ -193,11 +290,12 @@ class Store:
         self._accounts = prep(t.accounts.insert())
         self._settings = prep(
             t.accounts.update().where(t.accounts.c.account_id == bindparam("b_account_id")),
-            ["stp", "auto_borrow", "tier"])
+            ["stp", "auto_borrow", "tier"],
+        )
         self._keys = prep(t.api_keys.insert())
         self._revoke = prep(
-            t.api_keys.update().where(t.api_keys.c.api_key == bindparam("b_api_key")),
-            ["revoked"])
+            t.api_keys.update().where(t.api_keys.c.api_key == bindparam("b_api_key")), ["revoked"]
+        )
         self._ledger = prep(t.ledger.insert())
         self._balances = prep(upsert(t.balances))
         self._orders = prep(upsert(t.orders))
@@ -212,7 +310,8 @@ class Store:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             engine = create_async_engine(
-                url, connect_args={"server_settings": {"synchronous_commit": "on"}},
+                url,
+                connect_args={"server_settings": {"synchronous_commit": "on"}},
                 pool_pre_ping=True,
             )
         return cls(engine)
@@ -226,12 +325,21 @@ class Store:
             return
         r = _project(entries)
         steps: list[tuple[_Prepared, Sequence[dict[str, Any]]]] = [
-            (self._journal, r.journal), (self._accounts, r.accounts),
-            (self._settings, list(r.settings.values())), (self._keys, r.keys),
-            (self._revoke, r.revoked), (self._ledger, r.ledger),
-            (self._balances, [{"account_id": acct, "asset": asset, "balance": bal}
-                              for (acct, asset), bal in r.balances.items()]),
-            (self._orders, list(r.orders.values())), (self._trades, r.trades),
+            (self._journal, r.journal),
+            (self._accounts, r.accounts),
+            (self._settings, list(r.settings.values())),
+            (self._keys, r.keys),
+            (self._revoke, r.revoked),
+            (self._ledger, r.ledger),
+            (
+                self._balances,
+                [
+                    {"account_id": acct, "asset": asset, "balance": bal}
+                    for (acct, asset), bal in r.balances.items()
+                ],
+            ),
+            (self._orders, list(r.orders.values())),
+            (self._trades, r.trades),
             (self._fills, r.fills),
             (self._states, [{"market": m, "state": st} for m, st in r.states.items()]),
         ]
@@ -252,8 +360,12 @@ class Store:
         j = t.journal
         expected = after_seq + 1
         while True:
-            query = (select(j.c.seq, j.c.ts, j.c.command, j.c.checksum)
-                     .where(j.c.seq >= expected).order_by(j.c.seq).limit(batch))
+            query = (
+                select(j.c.seq, j.c.ts, j.c.command, j.c.checksum)
+                .where(j.c.seq >= expected)
+                .order_by(j.c.seq)
+                .limit(batch)
+            )
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(query)).all()
             if not rows:
@@ -269,6 +381,64 @@ class Store:
                     raise JournalCorrupt(seq, f"undecodable command: {exc}") from exc
                 yield seq, ts, command
                 expected += 1
+
+    # ------------------------------------------------------------------ snapshots
+    async def save_snapshot(
+        self, seq: int, ts: int, state_hash: str, checksum: int, data: bytes, keep: int
+    ) -> None:
+        """Store a snapshot and keep only the newest `keep` (in one transaction)."""
+        s = t.snapshots
+        async with self.engine.begin() as conn:
+            await conn.execute(s.delete().where(s.c.seq == seq))
+            await conn.execute(
+                s.insert().values(
+                    seq=seq, ts=ts, state_hash=state_hash, checksum=checksum, data=data
+                )
+            )
+            newest = (
+                (await conn.execute(select(s.c.seq).order_by(s.c.seq.desc()).limit(max(keep, 1))))
+                .scalars()
+                .all()
+            )
+            await conn.execute(s.delete().where(s.c.seq.not_in(list(newest))))
+
+    async def list_snapshots(self) -> list[tuple[int, int, str]]:
+        """(seq, ts, state_hash) of the stored snapshots, newest first."""
+        s = t.snapshots
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(s.c.seq, s.c.ts, s.c.state_hash).order_by(s.c.seq.desc())
+            )
+            return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+    async def load_snapshot(self, seq: int) -> tuple[str, int, bytes] | None:
+        """(state_hash, checksum, data) of one snapshot."""
+        s = t.snapshots
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(s.c.state_hash, s.c.checksum, s.c.data).where(s.c.seq == seq)
+                )
+            ).first()
+        return None if row is None else (str(row[0]), int(row[1]), bytes(row[2]))
+
+    async def all_balances(self) -> dict[tuple[int, str], int]:
+        """The balances projection, for verifying it against the engine after recovery."""
+        b = t.balances
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(b.c.account_id, b.c.asset, b.c.balance))
+            return {(int(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    async def recent_trades(self, market: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` trades of a market, oldest first (to rebuild market data)."""
+        tr = t.trades
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(tr).where(tr.c.market == market).order_by(tr.c.trade_id.desc()).limit(limit)
+            )
+            out = [dict(r._mapping) for r in rows]
+        out.reverse()
+        return out
 
     async def ping(self) -> bool:
         try:
@@ -292,7 +462,6 @@ def ensure_sqlite_dir(url: str) -> bool:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=OFF",
-                   "busy_timeout=5000"):
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=OFF", "busy_timeout=5000"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()

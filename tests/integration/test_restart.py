@@ -18,9 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from exchange_client import AsyncExchangeClient, BookFollower, ExchangeWebSocket
+from exchange_client.signing import auth_headers
 from tests.integration.conftest import start_server
 from tests.server import ROOT, ServerProcess
 
@@ -155,3 +158,28 @@ async def test_new_user_session_survives_restarts(fresh_server: ServerProcess) -
         dup = await a.get_order_by_client_id("bid-1")
         assert dup["order"]["status"] == "open"
     await asyncio.sleep(0)
+
+
+async def test_a_request_captured_before_a_crash_cannot_be_replayed_after_it(
+    fresh_server: ServerProcess,
+) -> None:
+    """Accepted signatures are journaled with their commands, so the replay window survives
+    a SIGKILL: the same signed bytes sent again after the restart are refused."""
+    server = fresh_server
+    alice = cli(server, "accounts", "create", "--name", "alice")
+    cli(server, "deposit", alice["account_id"], "USDC", "1000", "--deposit-id", "d-1")
+    body = orjson.dumps({"market": "BTC-USDC", "side": "buy", "price": "10000", "size": "0.01"})
+    headers = auth_headers(alice["api_key"], alice["api_secret"], "POST", "/v1/orders", body,
+                           recv_window=60_000)
+    headers["Content-Type"] = "application/json"
+    first = httpx.post(server.base_url + "/v1/orders", content=body, headers=headers)
+    assert first.status_code == 201, first.text
+    server.kill()
+    server.start()
+    again = httpx.post(server.base_url + "/v1/orders", content=body, headers=headers)
+    assert again.status_code == 401
+    assert again.json()["error"]["code"] == "REPLAYED_SIGNATURE"
+    async with AsyncExchangeClient(server.base_url, alice["api_key"], alice["api_secret"]) as a:
+        orders = (await a.get_orders())["orders"]
+    assert [o["order_id"] for o in orders] == [first.json()["order"]["order_id"]]
+

@@ -397,8 +397,14 @@ async def test_duplicate_client_id_over_the_socket_names_the_order(traders: Make
     await ws.auth(a.api_key, a.api_secret)
     o = (await ws.place_order(market=BTC, side="buy", price="40000", size="0.01",
                               client_order_id="dup"))["order"]
+    # an identical retry is idempotent: the live order, nothing new
+    again = await ws.place_order(market=BTC, side="buy", price="40000", size="0.01",
+                                 client_order_id="dup")
+    assert again["replayed"] is True and again["order"]["order_id"] == o["order_id"]
+    assert again["order"]["status"] == "open" and again["fills"] == []
+    # the same client id with other parameters is a clash that names the live order
     with pytest.raises(ApiError) as info:
-        await ws.place_order(market=BTC, side="buy", price="40000", size="0.01",
+        await ws.place_order(market=BTC, side="buy", price="40001", size="0.01",
                              client_order_id="dup")
     assert info.value.code == "DUPLICATE_CLIENT_ORDER_ID"
     assert info.value.body["error"].get("order_id") == o["order_id"]
