@@ -9,7 +9,6 @@ a database row (history).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -40,7 +39,7 @@ def avg_price(spec: MarketSpec, filled: int, filled_notional: int) -> str | None
 
 
 def order_wire(config: ExchangeConfig, order: OrderView | Mapping[str, Any]) -> dict[str, Any]:
-    d = asdict(order) if isinstance(order, OrderView) else dict(order)
+    d = order._asdict() if isinstance(order, OrderView) else dict(order)
     spec = config.markets[d["market"]]
     status = _val(d["status"])
     live = status in ("open", "partially_filled", "untriggered")

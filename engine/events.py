@@ -3,11 +3,15 @@
 Projections (database tables), market data and private streams are all built
 from these events alone. An `OrderUpdate` carries the whole order after the
 change, so a consumer never needs engine state to render it.
+
+Events are NamedTuples: immutable like frozen dataclasses but about ten times
+cheaper to build (a fill makes seven of them; see BENCHMARKS.md). Compare
+events of the same type only: as tuples, two types with equal fields are equal.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.types import (
     LedgerReason,
@@ -21,13 +25,7 @@ from engine.types import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class OrderView:
+class OrderView(NamedTuple):
     order_id: int
     account_id: int
     client_order_id: str | None
@@ -53,16 +51,14 @@ class OrderView:
         return self.size - self.filled if self.status.is_live else 0
 
 
-@dataclass(frozen=True, slots=True)
-class AccountCreated(Event):
+class AccountCreated(NamedTuple):
     account_id: int
     name: str
     tier: int
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKeyCreated(Event):
+class ApiKeyCreated(NamedTuple):
     account_id: int
     api_key: str
     api_secret: str
@@ -71,22 +67,19 @@ class ApiKeyCreated(Event):
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKeyRevoked(Event):
+class ApiKeyRevoked(NamedTuple):
     account_id: int
     api_key: str
 
 
-@dataclass(frozen=True, slots=True)
-class AccountSettingsChanged(Event):
+class AccountSettingsChanged(NamedTuple):
     account_id: int
     stp: StpMode
     auto_borrow: bool
     tier: int
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer(Event):
+class Transfer(NamedTuple):
     """One double-entry movement: `amount` of `asset` from one account to another."""
 
     transfer_id: int
@@ -101,15 +94,13 @@ class Transfer(Event):
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotentReplay(Event):
+class IdempotentReplay(NamedTuple):
     """A deposit/withdrawal id seen before: the original transfer, nothing changed."""
 
     original: Transfer
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected(Event):
+class Rejected(NamedTuple):
     reason: Reject
     account_id: int | None = None
     detail: str = ""
@@ -117,13 +108,11 @@ class Rejected(Event):
     order_id: int | None = None  # for duplicates: the live order holding the id
 
 
-@dataclass(frozen=True, slots=True)
-class OrderUpdate(Event):
+class OrderUpdate(NamedTuple):
     order: OrderView
 
 
-@dataclass(frozen=True, slots=True)
-class TradeEvent(Event):
+class TradeEvent(NamedTuple):
     trade_id: int
     market: str
     price: int
@@ -138,8 +127,7 @@ class TradeEvent(Event):
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class BookDelta(Event):
+class BookDelta(NamedTuple):
     """Aggregated levels changed by one command; size 0 removes the level."""
 
     market: str
@@ -147,14 +135,19 @@ class BookDelta(Event):
     asks: tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class MarketStateChanged(Event):
+class MarketStateChanged(NamedTuple):
     market: str
     state: MarketState
 
 
-@dataclass(frozen=True, slots=True)
-class BatchItem(Event):
-    """Marks where the events of batch item `index` begin."""
+class BatchItem(NamedTuple):
+    """Marks where the events of batch item number `item` begin."""
 
-    index: int
+    item: int
+
+
+Event = (
+    AccountCreated | ApiKeyCreated | ApiKeyRevoked | AccountSettingsChanged | Transfer
+    | IdempotentReplay | Rejected | OrderUpdate | TradeEvent | BookDelta | MarketStateChanged
+    | BatchItem
+)

@@ -449,7 +449,7 @@ class Pair:
         current: int | None = None
         for e in events:
             if isinstance(e, BatchItem):
-                current = e.index
+                current = e.item
                 items.setdefault(current, [])
             elif isinstance(e, Rejected):
                 (top if current is None else items[current]).append(e)

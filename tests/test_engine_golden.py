@@ -811,7 +811,7 @@ def test_batch_items_and_atomic_batches() -> None:
 
     events = d.do(BatchPlace, account_id=buyer, orders=(
         leg(price=px("29000")), leg(size=15_000, price=px("29000")), leg(price=px("29001"))))
-    marks = [e.index for e in events if isinstance(e, BatchItem)]
+    marks = [e.item for e in events if isinstance(e, BatchItem)]
     assert marks == [0, 1, 2]
     reasons = [e.reason for e in events if isinstance(e, Rejected)]
     assert reasons == [Reject.SIZE_NOT_ON_LOT]

@@ -97,7 +97,7 @@ def split_items(events: list[Event], n: int) -> list[list[Event]]:
     current: list[Event] | None = None
     for e in events:
         if isinstance(e, BatchItem):
-            current = items[e.index]
+            current = items[e.item]
         elif current is not None:
             current.append(e)
     return items
