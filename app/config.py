@@ -121,12 +121,17 @@ def _market(item: Any, assets: dict[str, AssetSpec], problems: list[str]) -> Mar
         return None
     try:
         return MarketSpec(
-            symbol=symbol, kind=kind, base=base.symbol, quote=quote.symbol,
+            symbol=symbol,
+            kind=kind,
+            base=base.symbol,
+            quote=quote.symbol,
             tick=parse_units(item["tick"], quote.decimals),
             lot=parse_units(item["lot"], base.decimals),
-            min_size=parse_units(item["min_size"] if "min_size" in item else item["lot"],
-                                 base.decimals),
-            base_decimals=base.decimals, quote_decimals=quote.decimals,
+            min_size=parse_units(
+                item["min_size"] if "min_size" in item else item["lot"], base.decimals
+            ),
+            base_decimals=base.decimals,
+            quote_decimals=quote.decimals,
             max_price=parse_units(item["max_price"], quote.decimals) if "max_price" in item else 0,
         )
     except KeyError as exc:

@@ -31,7 +31,7 @@ def render_metrics(rt: Runtime) -> str:
         "exchange_seq",
         "gauge",
         "last committed sequence number",
-        [("", seq.seq if seq else rt.engine.last_seq)],
+        [("", seq.committed_seq if seq else rt.engine.last_seq)],
     )
     if seq is not None:
         st = seq.stats

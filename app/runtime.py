@@ -113,6 +113,7 @@ class Runtime:
         self.engine = engine
         self.sequencer.start()
         self.status = "ready"
+        self._maybe_snapshot()  # a long replay is worth a snapshot at once
         log.info("open for commands at seq %d", engine.last_seq)
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
@@ -144,7 +145,9 @@ class Runtime:
             self.auth.remember(sig, ts)
         self.engine = engine
         self.recovery = report
-        self._snap_seq, self._snap_time = engine.last_seq, time.monotonic()
+        # commands replayed since the last snapshot count towards the next one, so a server
+        # that crashes more often than every N commands still snapshots
+        self._snap_seq, self._snap_time = report.snapshot_seq or 0, time.monotonic()
         return engine
 
     async def _marketdata_from(self, engine: Exchange) -> MarketData:

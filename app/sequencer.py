@@ -79,7 +79,8 @@ class Sequencer:
         self._clock_ms = clock_ms
         self._tick_interval = tick_interval_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self.seq = engine.last_seq
+        self.seq = engine.last_seq  # last applied (may be ahead of disk while committing)
+        self.committed_seq = engine.last_seq  # last durable: what health and metrics report
         self.last_ts = engine.last_ts
         self.ready = False  # False while recovering: submit() answers 503
         self.stats = SequencerStats()
@@ -173,6 +174,7 @@ class Sequencer:
             stats.commands += len(entries)
             stats.batches += 1
             stats.last_batch_size = len(entries)
+            self.committed_seq = entries[-1][0]
             try:
                 self._publish(entries)
             except Exception:  # a read-model bug must not lose acknowledgements
@@ -204,6 +206,7 @@ class Sequencer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.seq, self.last_ts = self.engine.last_seq, self.engine.last_ts
+        self.committed_seq = self.seq
         self.ready = True
         log.info("recovered from the journal at seq %d", self.seq)
 

@@ -34,7 +34,7 @@ async def health(request: Request) -> Any:
         status = "recovering"  # rebuilding from the journal after a failed commit
     body = {
         "status": "ok" if rt.ready and db == "ok" else status if not rt.ready else "degraded",
-        "seq": rt.sequencer.seq if rt.sequencer else rt.engine.last_seq,
+        "seq": rt.sequencer.committed_seq if rt.sequencer else rt.engine.last_seq,
         "db": db,
     }
     if rt.startup_error:
