@@ -42,6 +42,7 @@ EDGE_ERRORS: dict[str, tuple[int, str]] = {
     "RATE_LIMITED": (429, "too many requests; retry after Retry-After seconds"),
     "NOT_ACCEPTING_COMMANDS": (503, "the exchange is recovering and takes no commands"),
     "COMMIT_FAILED": (503, "the journal commit failed; nothing was applied"),
+    "DATABASE_UNAVAILABLE": (503, "a read could not reach the database; retry"),
     "INVALID_CURSOR": (404, "the pagination cursor is not one this server gave"),
     "HTTP_ERROR": (400, "a protocol-level HTTP error"),
     "INTERNAL_ERROR": (500, "an unexpected server error"),

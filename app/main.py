@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import account, admin, orders, public
@@ -82,6 +83,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             return _error_response(ApiError("MALFORMED_JSON", "the body is not valid UTF-8 JSON"))
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return _error_response(ApiError(code, str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(_: Request, exc: DBAPIError) -> ORJSONResponse:
+        # a read that met a dropped connection; writes go through the sequencer (COMMIT_FAILED)
+        log.warning("database error on a read: %s", str(exc).splitlines()[0])
+        return _error_response(ApiError("DATABASE_UNAVAILABLE", "the database did not answer"))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
