@@ -20,10 +20,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine.commands import Command, Tick
+from engine.commands import Command, Tick, stamp
 from engine.events import Event
 from engine.exchange import Exchange
 
@@ -143,7 +143,8 @@ class Sequencer:
                 continue
             seq = self.seq + 1
             ts = max(self._clock_ms(), self.last_ts)
-            cmd = replace(item.command, seq=seq, ts=ts)
+            cmd = item.command
+            stamp(cmd, seq, ts)
             events = self.engine.apply(cmd)
             self.seq, self.last_ts = seq, ts
             entries.append((seq, ts, cmd, events))

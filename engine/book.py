@@ -142,14 +142,14 @@ class Level:
 
 
 class Book:
-    __slots__ = ("market", "bids", "asks", "_dirty_bids", "_dirty_asks")
+    __slots__ = ("market", "bids", "asks", "dirty_bids", "dirty_asks")
 
     def __init__(self, market: str) -> None:
         self.market = market
         self.bids: SortedDict = SortedDict()  # price -> Level, best = last
         self.asks: SortedDict = SortedDict()  # price -> Level, best = first
-        self._dirty_bids: set[int] = set()
-        self._dirty_asks: set[int] = set()
+        self.dirty_bids: set[int] = set()
+        self.dirty_asks: set[int] = set()
 
     # -- reading -----------------------------------------------------------
     def best(self, side: Side) -> Level | None:
@@ -214,22 +214,20 @@ class Book:
         self._touch(order.side, order.price)
 
     def _touch(self, side: Side, price: int) -> None:
-        (self._dirty_bids if side is Side.BUY else self._dirty_asks).add(price)
+        (self.dirty_bids if side is Side.BUY else self.dirty_asks).add(price)
 
-    def take_delta(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None:
+    def take_delta(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
         """Levels changed since the last call, as (price, total) with 0 = removed."""
-        if not self._dirty_bids and not self._dirty_asks:
-            return None
         bids = tuple(
             (p, lv.total if (lv := self.bids.get(p)) is not None else 0)
-            for p in sorted(self._dirty_bids, reverse=True)
+            for p in sorted(self.dirty_bids, reverse=True)
         )
         asks = tuple(
             (p, lv.total if (lv := self.asks.get(p)) is not None else 0)
-            for p in sorted(self._dirty_asks)
+            for p in sorted(self.dirty_asks)
         )
-        self._dirty_bids.clear()
-        self._dirty_asks.clear()
+        self.dirty_bids.clear()
+        self.dirty_asks.clear()
         return bids, asks
 
     def resting_orders(self) -> Iterator[Order]:

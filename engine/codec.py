@@ -45,42 +45,64 @@ def encode(cmd: c.Command) -> dict[str, Any]:
 Decoder = Callable[[Any], Any]
 
 
-def _identity(v: Any) -> Any:
-    return v
-
-
-def _decoder_for(tp: Any) -> Decoder:
+def _expr(tp: Any, value: str, env: dict[str, Any]) -> str:
+    """Python source decoding `value` (an expression) into type `tp`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner = _decoder_for(args[0]) if len(args) == 1 else _identity
-        return lambda v: None if v is None else inner(v)
+        inner = _expr(args[0], "_v", env) if len(args) == 1 else "_v"
+        if inner == "_v":
+            return value
+        return f"(None if (_v := {value}) is None else {inner})"
     if origin is tuple:
-        item = _decoder_for(typing.get_args(tp)[0])
-        return lambda v: tuple(item(x) for x in v)
+        return f"tuple([{_expr(typing.get_args(tp)[0], '_x', env)} for _x in {value}])"
     if isinstance(tp, type) and issubclass(tp, Enum):
-        enum_tp = tp
-        return lambda v: enum_tp(v)
+        env[tp.__name__] = tp
+        return f"{tp.__name__}({value})"
     if isinstance(tp, type) and issubclass(tp, c.Command):
-        return lambda v: decode(v)
-    return _identity
+        return f"decode({value})"
+    return value
 
 
-_DECODERS: dict[str, list[tuple[str, Decoder]]] = {}
+def _compile(cls: type[c.Command]) -> Decoder:
+    """One generated function per command class: no per-field dispatch at decode time."""
+    hints = typing.get_type_hints(cls, vars(c))
+    env: dict[str, Any] = {"cls": cls, "decode": decode, "_MISSING": _MISSING}
+    lines = ["def _decode(d):"]
+    names = []
+    for n, f in enumerate(dataclasses.fields(cls)):
+        local = f"a{n}"
+        names.append(f"{f.name}={local}")
+        expr = _expr(hints[f.name], local, env)
+        if f.default is dataclasses.MISSING:
+            lines.append(f"    {local} = d[{f.name!r}]")
+            if expr != local:
+                lines.append(f"    {local} = {expr}")
+        else:
+            env[f"_default_{n}"] = f.default
+            lines.append(f"    {local} = d.get({f.name!r}, _MISSING)")
+            decoded = expr if expr != local else local
+            lines.append(f"    {local} = _default_{n} if {local} is _MISSING else {decoded}")
+    lines.append(f"    return cls({', '.join(names)})")
+    exec(compile("\n".join(lines) + "\n", f"<decoder {cls.__name__}>", "exec"), env)  # noqa: S102
+    fn: Decoder = env["_decode"]
+    return fn
 
 
-def _decoders(cls: type[c.Command]) -> list[tuple[str, Decoder]]:
-    found = _DECODERS.get(cls.__name__)
-    if found is None:
-        hints = typing.get_type_hints(cls, vars(c))
-        found = [(f.name, _decoder_for(hints[f.name])) for f in dataclasses.fields(cls)]
-        _DECODERS[cls.__name__] = found
-    return found
+_MISSING = object()
+_DECODERS: dict[str, Decoder] = {}
 
 
 def decode(data: dict[str, Any]) -> c.Command:
-    cls = _BY_NAME.get(data.get("command", ""))
-    if cls is None:
-        raise ValueError(f"unknown command {data.get('command')!r}")
-    kwargs = {name: dec(data[name]) for name, dec in _decoders(cls) if name in data}
-    return cls(**kwargs)
+    name = data.get("command", "")
+    fn = _DECODERS.get(name)
+    if fn is None:
+        cls = _BY_NAME.get(name)
+        if cls is None:
+            raise ValueError(f"unknown command {data.get('command')!r}")
+        fn = _DECODERS[name] = _compile(cls)
+    try:
+        cmd: c.Command = fn(data)
+    except KeyError as exc:
+        raise ValueError(f"{name}: missing field {exc}") from exc
+    return cmd

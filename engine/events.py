@@ -147,7 +147,16 @@ class BatchItem(NamedTuple):
 
 
 Event = (
-    AccountCreated | ApiKeyCreated | ApiKeyRevoked | AccountSettingsChanged | Transfer
-    | IdempotentReplay | Rejected | OrderUpdate | TradeEvent | BookDelta | MarketStateChanged
+    AccountCreated
+    | ApiKeyCreated
+    | ApiKeyRevoked
+    | AccountSettingsChanged
+    | Transfer
+    | IdempotentReplay
+    | Rejected
+    | OrderUpdate
+    | TradeEvent
+    | BookDelta
+    | MarketStateChanged
     | BatchItem
 )

@@ -153,9 +153,10 @@ class Exchange:
                 )
             )
         for market in self.markets.values():
-            delta = market.book.take_delta()
-            if delta is not None:
-                events.append(BookDelta(market.spec.symbol, delta[0], delta[1]))
+            book = market.book
+            if book.dirty_bids or book.dirty_asks:
+                bids, asks = book.take_delta()
+                events.append(BookDelta(market.spec.symbol, bids, asks))
         self._events = []
         return events
 
@@ -632,8 +633,7 @@ class Exchange:
             self._transfer(spec.quote, m.account_id, FEES, maker_fee, LedgerReason.FEE, ref)
         elif maker_fee < 0:
             self._transfer(spec.quote, FEES, m.account_id, -maker_fee, LedgerReason.FEE, ref)
-        self._refresh_hold(t, spec, t_acct)
-        m.updated_ts = self._ts
+        m.updated_ts = self._ts  # (the taker's hold is refreshed once, after its matching)
         if m.remaining == 0:
             market.book.remove(m)
             m.status = OrderStatus.FILLED
