@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "httpx", "httpcore"):  # per-request logs are noise in a CLI
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     code: int = args.fn(args)
     return code
