@@ -40,7 +40,6 @@ import asyncio
 import dataclasses
 import datetime
 import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -51,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
@@ -72,6 +70,7 @@ from engine.exchange import Exchange
 from engine.markets import ExchangeConfig, default_config
 from engine.types import OrderType, Side, TimeInForce
 from loadtests.bench_engine import engine_revision, machine
+from tests.dbutil import create_database, drop_database
 
 MARKET = "BTC-USDC"
 FIRST_ACCOUNT = 1000
@@ -128,23 +127,11 @@ def commands(config: ExchangeConfig, n: int, seed: int) -> Iterator[Command]:
 
 # ------------------------------------------------------------------------------ backends
 async def create_pg_database(base_url: str) -> str:
-    name = f"exch_bench_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(_dsn(base_url, "postgres"), timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    return await create_database(base_url, prefix="exch_bench_")
 
 
 async def drop_pg_database(url: str) -> None:
-    name = make_url(url).database
-    assert name and name.startswith("exch_bench_"), name
-    conn = await asyncpg.connect(_dsn(url, "postgres"), timeout=10)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(url)
 
 
 def _dsn(url: str, database: str) -> str:

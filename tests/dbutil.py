@@ -40,9 +40,13 @@ async def _admin_connection(base_url: str) -> asyncpg.Connection:
         return await asyncpg.connect(_dsn(base_url, "postgres"), timeout=10)
 
 
-async def create_database(base_url: str) -> str:
-    """CREATE a database `exch_test_<hex>` on the server of `base_url`; returns its URL."""
-    name = f"exch_test_{secrets.token_hex(6)}"
+THROWAWAY_PREFIXES = ("exch_test_", "exch_bench_")
+
+
+async def create_database(base_url: str, prefix: str = "exch_test_") -> str:
+    """CREATE a database `<prefix><hex>` on the server of `base_url`; returns its URL."""
+    assert prefix in THROWAWAY_PREFIXES, prefix
+    name = f"{prefix}{secrets.token_hex(6)}"
     conn = await _admin_connection(base_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -53,7 +57,7 @@ async def create_database(base_url: str) -> str:
 
 async def drop_database(url: str) -> None:
     name = make_url(url).database
-    if not name or not name.startswith("exch_test_"):
+    if not name or not name.startswith(THROWAWAY_PREFIXES):
         raise ValueError(f"refusing to drop {name!r}: not a throwaway test database")
     try:
         conn = await asyncpg.connect(_dsn(url, "postgres"), timeout=10)
