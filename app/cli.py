@@ -139,19 +139,16 @@ def cmd_market_state(args: argparse.Namespace) -> int:
 
 def cmd_keys_create_admin(args: argparse.Namespace) -> int:
     """Write a fresh operator key pair to the data dir; the server uses it from its next start."""
-    import secrets
     from pathlib import Path
 
-    settings = Settings()
-    path = Path(settings.data_dir) / "admin-credentials.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"api_key": "admin-" + secrets.token_hex(8), "api_secret": secrets.token_hex(32)}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
+    from app.runtime import new_admin_credentials
+
+    path = Path(Settings().data_dir) / "admin-credentials.json"
+    key, secret = new_admin_credentials(path)
     _print(
         {
-            **data,
+            "api_key": key,
+            "api_secret": secret,
             "permissions": ["admin"],
             "file": str(path),
             "note": "restart the server to use it (EXCHANGE_ADMIN_KEY/SECRET take precedence)",

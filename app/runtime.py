@@ -17,6 +17,7 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,18 @@ def admin_credentials(settings: Settings) -> tuple[str, str, bool]:
     if path.exists():
         data = json.loads(path.read_text())
         return data["api_key"], data["api_secret"], False
+    key, secret = new_admin_credentials(path)
+    return key, secret, True
+
+
+def new_admin_credentials(path: Path) -> tuple[str, str]:
+    """Generate an operator key pair and save it, readable by its owner only."""
     key, secret = "admin-" + secrets.token_hex(8), secrets.token_hex(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump({"api_key": key, "api_secret": secret}, fh)
-    return key, secret, True
+    return key, secret
 
 
 class Runtime:
@@ -229,18 +236,16 @@ class Runtime:
         return self.sequencer is not None and self.sequencer.ready
 
     # ------------------------------------------------------------- publish
-    @staticmethod
-    def _update_keys(keys: dict[str, KeyRecord], events: Sequence[Event]) -> None:
+    def _update_keys(self, events: Sequence[Event]) -> None:
+        """The key registry the authenticator reads, kept in step with committed events."""
+        keys = self.keys
         for e in events:
             if isinstance(e, ApiKeyCreated):
                 keys[e.api_key] = KeyRecord(
                     e.api_key, e.api_secret, e.account_id, frozenset(e.permissions), False
                 )
             elif isinstance(e, ApiKeyRevoked) and e.api_key in keys:
-                old = keys[e.api_key]
-                keys[e.api_key] = KeyRecord(
-                    old.api_key, old.secret, old.account_id, old.permissions, True
-                )
+                keys[e.api_key] = replace(keys[e.api_key], revoked=True)
 
     def publish(self, entries: Sequence[Entry]) -> None:
         """Fan a committed batch out. Book deltas and trades go out in order; tickers and
@@ -254,7 +259,7 @@ class Runtime:
                     latest[channel] = frame.decode()
                 else:
                     hub.publish(channel, frame.decode())  # text frames, serialized once per event
-            self._update_keys(self.keys, events)
+            self._update_keys(events)
             self._publish_private(seq, events)
         for channel, text in latest.items():
             hub.publish(channel, text)

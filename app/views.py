@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from engine.events import OrderView, TradeEvent, Transfer
+from engine.events import OrderView, TradeEvent, Transfer, fill_row, posting_row
 from engine.fixedpoint import format_units
 from engine.markets import ExchangeConfig, MarketSpec
 
@@ -67,22 +67,8 @@ def order_wire(config: ExchangeConfig, order: OrderView | Mapping[str, Any]) -> 
 
 
 def fill_from_trade(config: ExchangeConfig, t: TradeEvent, account_id: int) -> dict[str, Any]:
-    """The fill of `account_id` in trade `t` (taker or maker side)."""
-    spec = config.markets[t.market]
-    taker = t.taker_account == account_id
-    side = t.taker_side if taker else t.taker_side.opposite
-    return {
-        "trade_id": str(t.trade_id),
-        "order_id": str(t.taker_order_id if taker else t.maker_order_id),
-        "market": t.market,
-        "side": side.value,
-        "price": spec.fmt_price(t.price),
-        "size": spec.fmt_size(t.size),
-        "fee": format_units(t.taker_fee if taker else t.maker_fee, spec.quote_decimals),
-        "fee_asset": spec.quote,
-        "liquidity": "taker" if taker else "maker",
-        "ts": t.ts,
-    }
+    """The fill of `account_id` in trade `t` (taker or maker side), as the fills route shows it."""
+    return fill_row_wire(config, fill_row(t, account_id))
 
 
 def fill_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,19 +100,8 @@ def trade_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, An
 
 
 def transfer_wire(config: ExchangeConfig, t: Transfer, account_id: int) -> dict[str, Any]:
-    """A ledger entry as seen by `account_id` (signed amount, its balance after)."""
-    dec = config.assets[t.asset].decimals
-    paying = t.from_account == account_id
-    return {
-        "entry_id": str(t.transfer_id),
-        "account_id": str(account_id),
-        "asset": t.asset,
-        "amount": format_units(-t.amount if paying else t.amount, dec),
-        "balance_after": format_units(t.from_balance if paying else t.to_balance, dec),
-        "reason": t.reason.value,
-        "ref": t.ref,
-        "ts": t.ts,
-    }
+    """A ledger entry as seen by `account_id`, exactly as the ledger route shows it."""
+    return ledger_row_wire(config, posting_row(t, account_id))
 
 
 def ledger_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ events of the same type only: as tuples, two types with equal fields are equal.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from engine.types import (
     LedgerReason,
@@ -160,3 +160,38 @@ Event = (
     | MarketStateChanged
     | BatchItem
 )
+
+
+def fill_row(t: TradeEvent, account_id: int) -> dict[str, Any]:
+    """The fill of `account_id` (maker or taker) in trade `t`: the one derivation used by the
+    fills projection and by the wire (`app/views.py`)."""
+    taker = t.taker_account == account_id
+    return {
+        "account_id": account_id,
+        "trade_id": t.trade_id,
+        "order_id": t.taker_order_id if taker else t.maker_order_id,
+        "market": t.market,
+        "side": (t.taker_side if taker else t.taker_side.opposite).value,
+        "price": t.price,
+        "size": t.size,
+        "fee": t.taker_fee if taker else t.maker_fee,
+        "liquidity": "taker" if taker else "maker",
+        "ts": t.ts,
+    }
+
+
+def posting_row(t: Transfer, account_id: int) -> dict[str, Any]:
+    """Transfer `t` as seen by one of its two accounts (signed amount, its balance after):
+    the one derivation used by the ledger projection and by the wire."""
+    paying = t.from_account == account_id
+    return {
+        "transfer_id": t.transfer_id,
+        "account_id": account_id,
+        "asset": t.asset,
+        "amount": -t.amount if paying else t.amount,
+        "balance_after": t.from_balance if paying else t.to_balance,
+        "reason": t.reason.value,
+        "ref": t.ref,
+        "counterparty": t.to_account if paying else t.from_account,
+        "ts": t.ts,
+    }

@@ -336,12 +336,21 @@ class Exchange:
         return 0
 
     # ------------------------------------------------------------------ holds
-    def _required_hold(self, o: Order, spec: MarketSpec, tier: FeeTier) -> int:
+    def _required_hold(
+        self,
+        o: Order,
+        spec: MarketSpec,
+        tier: FeeTier,
+        price: int | None = None,
+        size: int | None = None,
+    ) -> int:
+        """What `o` must hold now, or at `price`/`size` if given (an amend being judged)."""
         if not o.status.is_live:
             return 0
+        remaining = (o.size if size is None else size) - o.filled
         if o.side is Side.SELL:
-            return o.remaining
-        notional = spec.notional(o.price, o.remaining)
+            return remaining
+        notional = spec.notional(o.price if price is None else price, remaining)
         top_rate = max(tier.maker_ppm, tier.taker_ppm, 0)
         return notional + ceil_div(o.fee_basis + notional * top_rate, PPM) - o.fees_paid
 
@@ -644,11 +653,15 @@ class Exchange:
         self._events.append(OrderUpdate(m.view()))
 
     def _drop_live(self, o: Order, acct: Account) -> None:
+        """The order has finished: out of the live indexes, into the finished window."""
+        self._unindex(o, acct)
+        self._remember_done(o)
+
+    def _unindex(self, o: Order, acct: Account) -> None:
         self.orders.pop(o.order_id, None)
         acct.live.pop(o.order_id, None)
         if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) == o.order_id:
             del acct.client_ids[o.client_order_id]
-        self._remember_done(o)
 
     def _remember_done(self, o: Order) -> None:
         self.done[o.order_id] = o
@@ -761,21 +774,16 @@ class Exchange:
             return
         if o.tif is TimeInForce.POST_ONLY and self._crosses(market.book, o.side, new_price):
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
-        old_price, old_size = o.price, o.size
-        o.price, o.size = new_price, new_size
-        need = self._required_hold(o, spec, self._tier(acct))
+        need = self._required_hold(o, spec, self._tier(acct), new_price, new_size)
         asset = spec.quote if o.side is Side.BUY else spec.base
         if need - o.hold > acct.available(asset):
-            o.price, o.size = old_price, old_size
             raise _Refused(
                 Reject.INSUFFICIENT_BALANCE,
                 f"needs {need - o.hold} more {asset}, has {acct.available(asset)}",
             )
-        o.price, o.size = old_price, old_size
         market.book.remove(o)
         o.price, o.size = new_price, new_size
-        self._drop_live(o, acct)
-        self.done.pop(o.order_id, None)
+        self._unindex(o, acct)  # re-indexed by _match_and_rest if it rests again
         self._refresh_hold(o, spec, acct)
         self._match_and_rest(o, market, acct)
 

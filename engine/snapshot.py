@@ -29,32 +29,8 @@ from engine.types import (
 if TYPE_CHECKING:
     from engine.exchange import Exchange
 
-_ORDER_FIELDS = (
-    "order_id",
-    "account_id",
-    "client_order_id",
-    "market",
-    "side",
-    "type",
-    "tif",
-    "price",
-    "trigger_price",
-    "size",
-    "filled",
-    "filled_notional",
-    "status",
-    "reduce_only",
-    "stp",
-    "expire_ts",
-    "created_ts",
-    "updated_ts",
-    "cancel_reason",
-    "hold",
-    "fee_basis",
-    "fees_paid",
-    "rebate_basis",
-    "rebates_got",
-)
+# Every slot of an Order except the book links, which restore rebuilds.
+_ORDER_FIELDS = tuple(f for f in Order.__slots__ if f not in ("prev", "next", "level"))
 _ENUMS = {
     "side": Side,
     "type": OrderType,

@@ -37,6 +37,8 @@ from engine.events import (
     OrderUpdate,
     TradeEvent,
     Transfer,
+    fill_row,
+    posting_row,
 )
 
 Entry = tuple[int, int, Command, Sequence[Event]]
@@ -168,35 +170,10 @@ def _project(entries: Sequence[Entry]) -> _Rows:
 
 
 def _transfer(r: _Rows, tr: Transfer, seq: int) -> None:
-    reason = tr.reason.value
-    r.ledger.append(
-        {
-            "transfer_id": tr.transfer_id,
-            "account_id": tr.from_account,
-            "asset": tr.asset,
-            "amount": -tr.amount,
-            "balance_after": tr.from_balance,
-            "reason": reason,
-            "ref": tr.ref,
-            "counterparty": tr.to_account,
-            "ts": tr.ts,
-            "seq": seq,
-        }
-    )
-    r.ledger.append(
-        {
-            "transfer_id": tr.transfer_id,
-            "account_id": tr.to_account,
-            "asset": tr.asset,
-            "amount": tr.amount,
-            "balance_after": tr.to_balance,
-            "reason": reason,
-            "ref": tr.ref,
-            "counterparty": tr.from_account,
-            "ts": tr.ts,
-            "seq": seq,
-        }
-    )
+    for account in (tr.from_account, tr.to_account):
+        row = posting_row(tr, account)
+        row["seq"] = seq
+        r.ledger.append(row)
     r.balances[(tr.from_account, tr.asset)] = tr.from_balance
     r.balances[(tr.to_account, tr.asset)] = tr.to_balance
 
@@ -220,34 +197,8 @@ def _trade(r: _Rows, te: TradeEvent, seq: int) -> None:
             "seq": seq,
         }
     )
-    r.fills.append(
-        {
-            "account_id": te.maker_account,
-            "trade_id": te.trade_id,
-            "order_id": te.maker_order_id,
-            "market": te.market,
-            "side": te.taker_side.opposite.value,
-            "price": te.price,
-            "size": te.size,
-            "fee": te.maker_fee,
-            "liquidity": "maker",
-            "ts": te.ts,
-        }
-    )
-    r.fills.append(
-        {
-            "account_id": te.taker_account,
-            "trade_id": te.trade_id,
-            "order_id": te.taker_order_id,
-            "market": te.market,
-            "side": taker_side,
-            "price": te.price,
-            "size": te.size,
-            "fee": te.taker_fee,
-            "liquidity": "taker",
-            "ts": te.ts,
-        }
-    )
+    r.fills.append(fill_row(te, te.maker_account))
+    r.fills.append(fill_row(te, te.taker_account))
 
 
 class _Prepared:
