@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv native run test lint bench clean
 
 venv: $(STAMP)
 
@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-run: venv
+# The compiled engine (mypyc) in build/native; a no-op when it matches engine/*.py.
+# Without a C compiler it says so and the pure-Python engine runs.
+native: venv
+	$(BIN)/exchange engine build
+
+run: venv native
 	$(BIN)/exchange db upgrade
 	$(BIN)/exchange serve
 
-test: venv
+test: venv native
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -29,7 +34,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: venv
+bench: venv native
 	$(BIN)/python loadtests/bench_engine.py
 
 clean:

@@ -157,6 +157,37 @@ def cmd_keys_create_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine_build(args: argparse.Namespace) -> int:
+    from app import native
+
+    fresh, _ = native.build_is_fresh()
+    if fresh:
+        print(f"native engine is up to date in {native.BUILD}")
+        return 0
+    code = native.build()
+    # Without a compiler the pure engine is complete, so `make` goes on unless asked.
+    return code if args.strict else 0
+
+
+def cmd_engine_codegen(args: argparse.Namespace) -> int:
+    from app import native
+
+    text = native.generated_decoders()
+    if native.DECODERS_FILE.read_text() == text:
+        print(f"{native.DECODERS_FILE} is up to date")
+    else:
+        native.DECODERS_FILE.write_text(text)
+        print(f"{native.DECODERS_FILE} regenerated")
+    return 0
+
+
+def cmd_engine_status(args: argparse.Namespace) -> int:
+    from app import native
+
+    print(json.dumps({"running": native.running(), "reason": native.reason}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="exchange", description="Spot exchange server and operator tools"
@@ -200,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_parser("create-admin", help="write a new operator key pair").set_defaults(
         fn=cmd_keys_create_admin
+    )
+
+    e = sub.add_parser("engine", help="the compiled engine build").add_subparsers(
+        dest="engine_command", required=True
+    )
+    eb = e.add_parser("build", help="compile engine/ with mypyc into build/native")
+    eb.add_argument("--strict", action="store_true", help="exit 1 if the build fails")
+    eb.set_defaults(fn=cmd_engine_build)
+    e.add_parser("codegen", help="regenerate engine/decoders.py").set_defaults(
+        fn=cmd_engine_codegen
+    )
+    e.add_parser("status", help="which engine build this process runs").set_defaults(
+        fn=cmd_engine_status
     )
     return p
 

@@ -10,45 +10,47 @@ list). The book only stores orders; what a match does to money is decided in
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
 from sortedcontainers import SortedDict
 
 from engine.events import OrderView
 from engine.types import OrderStatus, OrderType, Side, StpMode, TimeInForce
 
+# The data an order carries: what a snapshot stores (the links are rebuilt on restore).
+ORDER_FIELDS: Final = (
+    "order_id",
+    "account_id",
+    "client_order_id",
+    "market",
+    "side",
+    "type",
+    "tif",
+    "price",
+    "trigger_price",
+    "size",
+    "filled",
+    "filled_notional",
+    "status",
+    "reduce_only",
+    "stp",
+    "expire_ts",
+    "created_ts",
+    "updated_ts",
+    "cancel_reason",
+    "hold",
+    "fee_basis",
+    "fees_paid",
+    "rebate_basis",
+    "rebates_got",
+)
+ORDER_LINKS: Final = ("prev", "next", "level")
+
 
 class Order:
     """A live or finished order, mutable inside the engine only (exported as `OrderView`)."""
 
-    __slots__ = (
-        "order_id",
-        "account_id",
-        "client_order_id",
-        "market",
-        "side",
-        "type",
-        "tif",
-        "price",
-        "trigger_price",
-        "size",
-        "filled",
-        "filled_notional",
-        "status",
-        "reduce_only",
-        "stp",
-        "expire_ts",
-        "created_ts",
-        "updated_ts",
-        "cancel_reason",
-        "hold",
-        "fee_basis",
-        "fees_paid",
-        "rebate_basis",
-        "rebates_got",
-        "prev",
-        "next",
-        "level",
-    )
+    __slots__ = ORDER_FIELDS + ORDER_LINKS
 
     def __init__(
         self,

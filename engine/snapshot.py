@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from engine.accounts import Account, ApiKey
-from engine.book import Order
+from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
 from engine.types import (
     LedgerReason,
@@ -29,8 +29,6 @@ from engine.types import (
 if TYPE_CHECKING:
     from engine.exchange import Exchange
 
-# Every slot of an Order except the book links, which restore rebuilds.
-_ORDER_FIELDS = tuple(f for f in Order.__slots__ if f not in ("prev", "next", "level"))
 _ENUMS = {
     "side": Side,
     "type": OrderType,
@@ -42,15 +40,19 @@ _ENUMS = {
 
 def _order_out(o: Order) -> list[Any]:
     out: list[Any] = []
-    for f in _ORDER_FIELDS:
+    for f in ORDER_FIELDS:
         v = getattr(o, f)
         out.append(v.value if f in _ENUMS else v)
     return out
 
 
 def _order_in(row: list[Any]) -> Order:
-    o = Order.__new__(Order)
-    for f, v in zip(_ORDER_FIELDS, row, strict=True):
+    # Built through __init__ (the compiled Order has no bare __new__), then overwritten.
+    o = Order(
+        0, 0, None, "", Side.BUY, OrderType.LIMIT, TimeInForce.GTC, 0, 0,
+        StpMode.CANCEL_TAKER, None, 0,
+    )  # fmt: skip
+    for f, v in zip(ORDER_FIELDS, row, strict=True):
         setattr(o, f, _ENUMS[f](v) if f in _ENUMS else v)
     o.prev = o.next = o.level = None
     return o

@@ -56,6 +56,8 @@ except ModuleNotFoundError:  # run as a script: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from loadtests import workload as wl
 
+import app  # noqa: F401  (chooses the engine build, EXCHANGE_ENGINE, before engine loads)
+from app import native
 from engine import commands as c
 from engine.events import Rejected
 from engine.exchange import Exchange
@@ -498,7 +500,8 @@ def engine_revision() -> str:
         return "unknown"
     if not head:
         return "unknown"
-    return f"{head}" + (" with uncommitted changes in engine/" if dirty else ", engine/ clean")
+    state = " with uncommitted changes in engine/" if dirty else ", engine/ clean"
+    return f"{head}{state}; engine build: {native.running()} ({native.reason})"
 
 
 def make_runners(names: list[str], ops: list[wl.Op]) -> tuple[list[Any], list[Result]]:

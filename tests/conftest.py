@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
+import app  # noqa: F401  (chooses the engine build before any test imports engine)
+from app import native
 from tests import dbutil
+
+
+def pytest_report_header() -> str:
+    return f"engine: {native.running()} ({native.reason})"
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app import native
 from engine import codec
 from engine import commands as c
 from engine.types import CancelReason, MarketState, OrderType, Side, StpMode, TimeInForce
@@ -92,3 +93,22 @@ def test_unknown_command_is_refused() -> None:
         assert "DropTables" in str(exc)
     else:
         raise AssertionError("decode accepted an unknown command")
+
+
+def test_generated_decoders_are_current() -> None:
+    """engine/decoders.py is what engine/codegen.py makes of engine/commands.py now."""
+    assert native.DECODERS_FILE.read_text() == native.generated_decoders(), (
+        "engine/decoders.py is stale: run `exchange engine codegen`"
+    )
+
+
+def test_missing_field_and_bad_enum_are_value_errors() -> None:
+    good = codec.encode(c.CancelOrder(account_id=7, order_id=3))
+    assert codec.decode(good) == c.CancelOrder(account_id=7, order_id=3)
+    for broken in ({k: v for k, v in good.items() if k != "account_id"}, {**good, "reason": "?"}):
+        try:
+            codec.decode(broken)
+        except ValueError as exc:
+            assert "CancelOrder" in str(exc) or "'?'" in str(exc)
+        else:
+            raise AssertionError(f"decode accepted {broken}")
