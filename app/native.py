@@ -39,7 +39,7 @@ MODES = ("auto", "native", "python")
 
 # Modules left interpreted: codegen reads annotations (which compiling erases)
 # and snapshot is off the hot path; both call into compiled classes.
-INTERPRETED = ("__init__.py", "codegen.py", "snapshot.py")
+INTERPRETED = ("__init__.py", "codegen.py", "message.py", "snapshot.py")
 
 # Why select() chose what it chose (`exchange engine status`, the startup log).
 reason = "not selected yet"

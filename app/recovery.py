@@ -15,6 +15,7 @@ Rules owned here:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import zlib
@@ -102,14 +103,8 @@ async def recover(store: Store, config: ExchangeConfig) -> tuple[Exchange, Recov
     started = time.perf_counter()
     report = RecoveryReport()
     engine = await load_newest_snapshot(store, config, report) or Exchange(config)
-    apply = engine.apply
-    count = 0
-    async for _seq, _ts, command in store.read_journal(after_seq=engine.last_seq):
-        apply(command)
-        count += 1
-        if count % 5000 == 0:
-            await asyncio.sleep(0)  # let health checks answer while replaying
-    report.replayed = count
+    report.replayed = await replay(store, engine)
+    count = report.replayed
     problems = engine.check_invariants()
     if problems:
         raise RuntimeError("state after recovery breaks invariants: " + "; ".join(problems[:5]))
@@ -126,6 +121,30 @@ async def recover(store: Store, config: ExchangeConfig) -> tuple[Exchange, Recov
     for problem in report.projection_mismatches[:10]:
         log.error("projection mismatch: %s", problem)
     return engine, report
+
+
+async def replay(store: Store, engine: Exchange) -> int:
+    """Apply the journal after `engine.last_seq`; returns how many commands.
+
+    The cyclic garbage collector is paused meanwhile: replay allocates millions
+    of short-lived objects, nothing it makes is garbage in a cycle worth finding
+    before it ends, and full collections over a growing heap were a tenth of the
+    time. Health checks answer between pages.
+    """
+    apply = engine.apply
+    count = 0
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        async for page in store.read_journal_pages(after_seq=engine.last_seq):
+            for _seq, _ts, command in page:
+                apply(command, False)  # no BookDelta events: nobody reads them
+            count += len(page)
+            await asyncio.sleep(0)
+    finally:
+        if collecting:
+            gc.enable()
+    return count
 
 
 async def verify_balances(store: Store, engine: Exchange) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from app import native
 from app.auth import Authenticator, KeyRecord
 from app.config import Settings, load_exchange_config
 from app.marketdata import MarketData
@@ -97,6 +98,7 @@ class Runtime:
 
     # ---------------------------------------------------------------- life
     async def start(self) -> None:
+        log.info("engine: %s (%s)", native.running(), native.reason)
         self.store = await Store.open(self.settings.database_url)
         self._startup = asyncio.create_task(self._recover_and_open())
 

@@ -18,8 +18,8 @@ from engine.decoders import DECODERS
 def _encode_value(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
-    if isinstance(value, c.Command):
-        return encode(value)
+    if type(value) in _FIELD_NAMES:  # a nested command. Not isinstance(value, c.Command):
+        return encode(value)  # compiled, that tests the exact class, not subclasses
     if isinstance(value, tuple):
         return [_encode_value(v) for v in value]
     return value
@@ -47,4 +47,4 @@ def decode(data: dict[str, Any]) -> c.Command:
     try:
         return fn(data)
     except KeyError as exc:
-        raise ValueError(f"{name}: missing field {exc}") from exc
+        raise ValueError(f"{name}: missing field or unknown value {exc}") from exc

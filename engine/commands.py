@@ -8,12 +8,11 @@ engine, so a replay assigns the same ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from engine.message import message
 from engine.types import CancelReason, MarketState, OrderType, Side, StpMode, TimeInForce
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class Command:
     seq: int = 0
     ts: int = 0
@@ -28,7 +27,7 @@ def stamp(cmd: Command, seq: int, ts: int) -> None:
     object.__setattr__(cmd, "ts", ts)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class CreateAccount(Command):
     name: str
     api_key: str
@@ -37,7 +36,7 @@ class CreateAccount(Command):
     tier: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class CreateApiKey(Command):
     account_id: int
     api_key: str
@@ -46,13 +45,13 @@ class CreateApiKey(Command):
     label: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class RevokeApiKey(Command):
     account_id: int
     api_key: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class SetAccountSettings(Command):
     account_id: int
     stp: StpMode | None = None
@@ -60,7 +59,7 @@ class SetAccountSettings(Command):
     tier: int | None = None  # operator only; the API never lets a trader set it
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class Deposit(Command):
     account_id: int
     asset: str
@@ -68,7 +67,7 @@ class Deposit(Command):
     deposit_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class Withdraw(Command):
     account_id: int
     asset: str
@@ -77,7 +76,7 @@ class Withdraw(Command):
     allow_borrow: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class PlaceOrder(Command):
     account_id: int
     market: str
@@ -93,7 +92,7 @@ class PlaceOrder(Command):
     trigger_price: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class CancelOrder(Command):
     account_id: int
     order_id: int | None = None
@@ -101,14 +100,14 @@ class CancelOrder(Command):
     reason: CancelReason = CancelReason.USER
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class CancelAll(Command):
     account_id: int
     market: str | None = None
     reason: CancelReason = CancelReason.USER
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class AmendOrder(Command):
     """Size down keeps priority; a price change or a size up loses it.
 
@@ -122,7 +121,7 @@ class AmendOrder(Command):
     size: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class BatchPlace(Command):
     """Up to `max_batch` orders in one journal row; each item gets its own result."""
 
@@ -131,19 +130,19 @@ class BatchPlace(Command):
     atomic: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class BatchCancel(Command):
     account_id: int
     cancels: tuple[CancelOrder, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class SetMarketState(Command):
     market: str
     state: MarketState
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@message
 class Tick(Command):
     """Time passes: expire good-till-time orders due at or before `ts`."""
 

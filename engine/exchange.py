@@ -130,8 +130,11 @@ class Exchange:
         }
 
     # ------------------------------------------------------------------ apply
-    def apply(self, cmd: c.Command) -> list[Event]:
-        """Apply one command; return what happened. Never raises for a business rule."""
+    def apply(self, cmd: c.Command, deltas: bool = True) -> list[Event]:
+        """Apply one command; return what happened. Never raises for a business rule.
+
+        `deltas=False` (journal replay, where nobody reads the events) skips
+        building the BookDelta events; the state reached is the same."""
         events: list[Event] = []
         self._events = events
         self._ts = cmd.ts
@@ -155,8 +158,12 @@ class Exchange:
         for market in self.markets.values():
             book = market.book
             if book.dirty_bids or book.dirty_asks:
-                bids, asks = book.take_delta()
-                events.append(BookDelta(market.spec.symbol, bids, asks))
+                if deltas:
+                    bids, asks = book.take_delta()
+                    events.append(BookDelta(market.spec.symbol, bids, asks))
+                else:
+                    book.dirty_bids.clear()
+                    book.dirty_asks.clear()
         self._events = []
         return events
 

@@ -18,16 +18,19 @@ Then, median of `--runs` (runs interleaved across backends):
 
 * full replay: `app.recovery.recover(store, config)` with no snapshot rows (journal
   read, checksums, decode, apply, invariants, balance check);
-* the split: journal read + checksum + decode alone (`Store.read_journal`, nothing
-  applied; "of which fetch" is the bare SELECTs of the same rows), and engine apply
-  alone (the decoded commands applied to a fresh `Exchange`, no I/O);
+* the split: journal read + checksum + decode alone (`Store.read_journal_pages`,
+  nothing applied; "of which fetch" is the bare driver SELECTs of the same rows,
+  `Store.journal_rows`), and engine apply alone (the decoded commands applied to a
+  fresh `Exchange` with `deltas=False`, no I/O), both with the garbage collector
+  paused as `app.recovery.replay` pauses it;
 * recovery from a snapshot taken at `--snapshot-at` of the journal, written through the
   server's own path (`app.recovery.encode_snapshot` + `Store.save_snapshot`, as
   `Runtime._write_snapshot` does): `recover` loads it, checks its CRC and state hash,
   and replays the tail.
 
 Every recovered engine must reach the builder's final `state_hash()`, or the script
-exits non-zero. Run time on a 2-core box: about 18 minutes for the default 1,000,000
+exits non-zero. The engine build (compiled or pure, `EXCHANGE_ENGINE`) is in the
+report's revision line. Run time on a 2-core box: about 18 minutes for the default 1,000,000
 commands and 3 runs (building the two journals is a third of it); `--commands 200000
 --runs 1` takes about 4 minutes. The database files are warm in the OS cache (they
 were just written), as on a restart of a running host.
@@ -39,6 +42,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import gc
 import os
 import shutil
 import statistics
@@ -50,7 +54,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 try:
@@ -234,41 +237,35 @@ async def measure_full(b: Backend, config: ExchangeConfig, j: Journal) -> None:
 
 
 async def measure_read(b: Backend) -> list[Command]:
-    """Read + checksum + decode through `Store.read_journal`; then the bare fetch."""
+    """Read + checksum + decode through `Store.read_journal_pages` (what recovery
+    uses); then the bare fetch of the same rows (`Store.journal_rows`)."""
     out: list[Command] = []
-    append = out.append
+    extend = out.extend
+    gc.disable()  # as app.recovery.replay does
     t0 = time.perf_counter()
-    async for _seq, _ts, cmd in b.db.read_journal(after_seq=0):
-        append(cmd)
+    async for page in b.db.read_journal_pages(after_seq=0):
+        extend(cmd for _seq, _ts, cmd in page)
     b.read.append(time.perf_counter() - t0)
-    j = t.journal
-    expected, count = 1, 0
+    gc.enable()
+    count = 0
     t0 = time.perf_counter()
-    while True:  # the same SELECTs read_journal issues, rows only
-        query = (
-            select(j.c.seq, j.c.ts, j.c.command, j.c.checksum)
-            .where(j.c.seq >= expected)
-            .order_by(j.c.seq)
-            .limit(5000)
-        )
-        async with b.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        if not rows:
-            break
+    async for rows in b.db.journal_rows(1):
         count += len(rows)
-        expected = rows[-1][0] + 1
     b.fetch.append(time.perf_counter() - t0)
     assert count == len(out)
     return out
 
 
 def measure_apply(config: ExchangeConfig, cmds: list[Command], final_hash: str) -> float:
+    """Apply alone, as recovery applies (no book-delta events)."""
     ex = Exchange(config)
     apply = ex.apply
+    gc.disable()  # as app.recovery.replay does
     t0 = time.perf_counter()
     for cmd in cmds:
-        apply(cmd)
+        apply(cmd, False)
     elapsed = time.perf_counter() - t0
+    gc.enable()
     if ex.state_hash() != final_hash:
         raise RuntimeError("apply-only replay: state hash differs from the builder's")
     return elapsed

@@ -112,3 +112,17 @@ def test_missing_field_and_bad_enum_are_value_errors() -> None:
             assert "CancelOrder" in str(exc) or "'?'" in str(exc)
         else:
             raise AssertionError(f"decode accepted {broken}")
+
+
+def test_nested_commands_are_encoded_as_tagged_dicts() -> None:
+    """codec.encode itself turns legs into dicts (orjson would also serialize a bare
+    dataclass, silently without the tag, which is how a compiled-build bug hid)."""
+    leg = c.PlaceOrder(account_id=1, market="BTC-USDC", side=Side.BUY, size=5, price=7)
+    data = codec.encode(c.BatchPlace(account_id=1, orders=(leg,)))
+    assert data["orders"] == [{**codec.encode(leg)}]
+    assert type(data["orders"][0]) is dict and data["orders"][0]["command"] == "PlaceOrder"
+    cancel = c.CancelOrder(account_id=1, order_id=9)
+    assert codec.encode(c.BatchCancel(account_id=1, cancels=(cancel,)))["cancels"] == [
+        {"command": "CancelOrder", "seq": 0, "ts": 0, "sig": None, "account_id": 1,
+         "order_id": 9, "client_order_id": None, "reason": "user"}
+    ]

@@ -44,6 +44,13 @@ from engine.events import (
 Entry = tuple[int, int, Command, Sequence[Event]]
 
 
+_JOURNAL_PAGE = (
+    "SELECT seq, ts, command, checksum FROM journal WHERE seq >= {} ORDER BY seq LIMIT {}"
+)
+_JOURNAL_PAGE_PG = _JOURNAL_PAGE.format("$1", "$2")
+_JOURNAL_PAGE_SQLITE = _JOURNAL_PAGE.format("?", "?")
+
+
 class JournalCorrupt(Exception):
     """The journal cannot be trusted from `seq` on: a gap, a bad checksum or bad content."""
 
@@ -308,30 +315,59 @@ class Store:
         self, after_seq: int = 0, batch: int = 5000
     ) -> AsyncIterator[tuple[int, int, Command]]:
         """Commands after `after_seq` in order, checked for gaps and checksums."""
-        j = t.journal
+        async for page in self.read_journal_pages(after_seq, batch):
+            for entry in page:
+                yield entry
+
+    async def read_journal_pages(
+        self, after_seq: int = 0, page: int = 5000
+    ) -> AsyncIterator[list[tuple[int, int, Command]]]:
+        """`read_journal` a page at a time (the replay hot path: one await per page).
+
+        Rows come straight from the driver on one connection: replay reads
+        millions of them, and SQLAlchemy's per-row processing was a fifth of the
+        time. Rows before a bad one are yielded before JournalCorrupt is raised.
+        """
         expected = after_seq + 1
-        while True:
-            query = (
-                select(j.c.seq, j.c.ts, j.c.command, j.c.checksum)
-                .where(j.c.seq >= expected)
-                .order_by(j.c.seq)
-                .limit(batch)
-            )
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(query)).all()
-            if not rows:
-                return
+        decode, loads, checksum_of = codec.decode, orjson.loads, journal_checksum
+        async for rows in self.journal_rows(expected, page):
+            out: list[tuple[int, int, Command]] = []
+            problem: JournalCorrupt | None = None
             for seq, ts, cmd_text, checksum in rows:
                 if seq != expected:
-                    raise JournalCorrupt(expected, f"missing; the next row is seq {seq}")
-                if journal_checksum(seq, ts, cmd_text) != checksum:
-                    raise JournalCorrupt(seq, "checksum mismatch")
-                try:
-                    command = codec.decode(orjson.loads(cmd_text))
-                except (ValueError, TypeError, KeyError) as exc:
-                    raise JournalCorrupt(seq, f"undecodable command: {exc}") from exc
-                yield seq, ts, command
+                    problem = JournalCorrupt(expected, f"missing; the next row is seq {seq}")
+                elif checksum_of(seq, ts, cmd_text) != checksum:
+                    problem = JournalCorrupt(seq, "checksum mismatch")
+                else:
+                    try:
+                        out.append((seq, ts, decode(loads(cmd_text))))
+                    except (ValueError, TypeError, KeyError) as exc:
+                        problem = JournalCorrupt(seq, f"undecodable command: {exc}")
+                if problem is not None:
+                    break
                 expected += 1
+            if out:
+                yield out
+            if problem is not None:
+                raise problem
+
+    async def journal_rows(
+        self, from_seq: int, page: int = 5000
+    ) -> AsyncIterator[Sequence[tuple[int, int, str, int]]]:
+        """Raw (seq, ts, command, checksum) rows from `from_seq` on, a page at a time,
+        unchecked. The next page starts after the last row of the previous one."""
+        async with self.engine.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            while True:
+                if self.dialect == "postgresql":
+                    rows = await driver.fetch(_JOURNAL_PAGE_PG, from_seq, page)
+                else:
+                    cursor = await driver.execute(_JOURNAL_PAGE_SQLITE, (from_seq, page))
+                    rows = await cursor.fetchall()
+                if not rows:
+                    return
+                yield rows
+                from_seq = rows[-1][0] + 1
 
     # ------------------------------------------------------------------ snapshots
     async def save_snapshot(
