@@ -11,6 +11,8 @@ Rules owned here:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
@@ -355,19 +357,39 @@ class Store:
         self, from_seq: int, page: int = 5000
     ) -> AsyncIterator[Sequence[tuple[int, int, str, int]]]:
         """Raw (seq, ts, command, checksum) rows from `from_seq` on, a page at a time,
-        unchecked. The next page starts after the last row of the previous one."""
+        unchecked. The next page starts after the last row of the previous one.
+
+        The next page is requested before this one is handed out, so the database
+        (PostgreSQL's process, or SQLite in aiosqlite's thread) reads it on the
+        other core while the caller decodes and applies this one."""
         async with self.engine.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection
-            while True:
-                if self.dialect == "postgresql":
-                    rows = await driver.fetch(_JOURNAL_PAGE_PG, from_seq, page)
-                else:
-                    cursor = await driver.execute(_JOURNAL_PAGE_SQLITE, (from_seq, page))
-                    rows = await cursor.fetchall()
-                if not rows:
-                    return
-                yield rows
-                from_seq = rows[-1][0] + 1
+            if self.dialect == "postgresql":
+
+                async def fetch(start: int) -> Sequence[Any]:
+                    rows: Sequence[Any] = await driver.fetch(_JOURNAL_PAGE_PG, start, page)
+                    return rows
+            else:
+
+                async def fetch(start: int) -> Sequence[Any]:
+                    cursor = await driver.execute(_JOURNAL_PAGE_SQLITE, (start, page))
+                    rows: Sequence[Any] = await cursor.fetchall()
+                    return rows
+
+            pending = asyncio.ensure_future(fetch(from_seq))
+            try:
+                while True:
+                    rows = await pending
+                    if not rows:
+                        return
+                    pending = asyncio.ensure_future(fetch(rows[-1][0] + 1))
+                    await asyncio.sleep(0)  # let the next request go out before we yield
+                    yield rows
+            finally:
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pending
 
     # ------------------------------------------------------------------ snapshots
     async def save_snapshot(
