@@ -314,7 +314,7 @@ class Store:
         return int(value or 0)
 
     async def read_journal(
-        self, after_seq: int = 0, batch: int = 5000
+        self, after_seq: int = 0, batch: int = 20000
     ) -> AsyncIterator[tuple[int, int, Command]]:
         """Commands after `after_seq` in order, checked for gaps and checksums."""
         async for page in self.read_journal_pages(after_seq, batch):
@@ -322,7 +322,7 @@ class Store:
                 yield entry
 
     async def read_journal_pages(
-        self, after_seq: int = 0, page: int = 5000
+        self, after_seq: int = 0, page: int = 20000
     ) -> AsyncIterator[list[tuple[int, int, Command]]]:
         """`read_journal` a page at a time (the replay hot path: one await per page).
 
@@ -354,7 +354,7 @@ class Store:
                 raise problem
 
     async def journal_rows(
-        self, from_seq: int, page: int = 5000
+        self, from_seq: int, page: int = 20000
     ) -> AsyncIterator[Sequence[tuple[int, int, str, int]]]:
         """Raw (seq, ts, command, checksum) rows from `from_seq` on, a page at a time,
         unchecked. The next page starts after the last row of the previous one.
