@@ -137,6 +137,42 @@ def cmd_market_state(args: argparse.Namespace) -> int:
         return _call(client.set_market_state, args.market, args.state)
 
 
+def cmd_oracle_sim(args: argparse.Namespace) -> int:
+    """Post random-walk index prices to the server until stopped (or --count updates)."""
+    from app import oracle_sim
+    from exchange_client import ApiError, ExchangeClient
+
+    settings = Settings()
+    if settings.oracle_key and settings.oracle_secret:
+        key, secret = settings.oracle_key, settings.oracle_secret
+    else:
+        from app.runtime import admin_credentials
+
+        key, secret, _ = admin_credentials(settings)
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    with ExchangeClient(url, api_key=key, api_secret=secret) as client:
+        try:
+            assets = client.assets()["assets"]
+            quote = client.markets()["markets"][0]["quote"]
+            start = oracle_sim.starting_prices(assets, quote)
+            sent = oracle_sim.run(
+                client.set_oracle_prices,
+                start,
+                args.interval,
+                args.vol,
+                args.seed,
+                args.count,
+                on_post=lambda wire: print(json.dumps(wire), flush=True),
+            )
+        except ApiError as err:
+            print(f"error {err.status} {err.code}: {err.message}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+    print(f"posted {sent} updates", file=sys.stderr)
+    return 0
+
+
 def cmd_keys_create_admin(args: argparse.Namespace) -> int:
     """Write a fresh operator key pair to the data dir; the server uses it from its next start."""
     from pathlib import Path
@@ -225,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("state", choices=["open", "reduce_only", "cancel_only", "halted"])
     m.add_argument("--url")
     m.set_defaults(fn=cmd_market_state)
+
+    o = sub.add_parser("oracle-sim", help="post a simulated random-walk oracle feed")
+    o.add_argument("--url")
+    o.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    o.add_argument("--vol", type=float, default=0.0005, help="relative std-dev per update")
+    o.add_argument("--seed", type=int, help="random seed (default: unseeded)")
+    o.add_argument("--count", type=int, help="stop after this many updates")
+    o.set_defaults(fn=cmd_oracle_sim)
 
     k = sub.add_parser("keys", help="operator keys").add_subparsers(
         dest="keys_command", required=True

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     port: int = 8000
     admin_key: str | None = None
     admin_secret: str | None = None
+    # An operator key that may only post oracle prices (the feed's key), if set.
+    oracle_key: str | None = None
+    oracle_secret: str | None = None
     markets: str | None = None  # path to a JSON markets file; None = built-in defaults
     rate_limits: Literal["on", "off"] = "on"
     data_dir: str = "./data"
@@ -62,7 +65,9 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
     if not isinstance(raw, dict):
         problems.append("top level must be an object")
         return None
-    unknown = set(raw) - {"assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm"}
+    unknown = set(raw) - {
+        "assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm", "oracle_stale_s"
+    }
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
     if not isinstance(raw.get("assets"), dict) or not isinstance(raw.get("markets"), list):
@@ -98,6 +103,12 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
                 problems.append(f"{key} must be a non-negative integer")
             else:
                 extra[key] = raw[key]
+    if "oracle_stale_s" in raw:
+        stale = raw["oracle_stale_s"]
+        if not isinstance(stale, int) or isinstance(stale, bool) or stale < 1:
+            problems.append("oracle_stale_s must be a positive integer")
+        else:
+            extra["oracle_stale_ms"] = stale * 1000
     if not markets:
         problems.append("no markets defined")
     if problems:

@@ -19,7 +19,7 @@ from fastapi.responses import ORJSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import account, admin, orders, public
+from app.api import account, admin, oracle, orders, public
 from app.api.deps import reject_unknown_query
 from app.config import Settings
 from app.errors import ApiError, all_codes
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(public.router)
     app.include_router(public.metrics_router)
     app.include_router(admin.router)
+    app.include_router(oracle.router)
     app.include_router(orders.router)
     app.include_router(account.router)
     app.include_router(ws_endpoint.router)

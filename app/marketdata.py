@@ -28,7 +28,14 @@ from typing import Any
 import orjson
 from sortedcontainers import SortedDict
 
-from engine.events import BookDelta, Event, MarketStateChanged, TradeEvent
+from engine.events import (
+    BookDelta,
+    Event,
+    IndexStale,
+    IndexUpdated,
+    MarketStateChanged,
+    TradeEvent,
+)
 from engine.fixedpoint import format_units
 from engine.markets import ExchangeConfig, MarketSpec
 from engine.types import MarketState
@@ -154,6 +161,8 @@ class MarketData:
         self._last: dict[str, int] = {}
         self._day: dict[str, tuple[int, Candle | None]] = {}  # 24h cache per market
         self._state: dict[str, str] = {m: MarketState.OPEN.value for m in self.books}
+        # asset -> (index price in quote atomic units, ts it was set, stale)
+        self.indexes: dict[str, tuple[int, int, bool]] = {}
         self.seq = 0
 
     # -- feeding -----------------------------------------------------------------
@@ -162,6 +171,7 @@ class MarketData:
         self.seq = seq
         deltas: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
         trades: list[TradeEvent] = []
+        indexed: list[str] = []
         for ev in events:
             if isinstance(ev, BookDelta) and ev.market in self.books:
                 bids, asks = deltas.setdefault(ev.market, ({}, {}))
@@ -171,16 +181,33 @@ class MarketData:
                 trades.append(ev)
             elif isinstance(ev, MarketStateChanged) and ev.market in self.books:
                 self._state[ev.market] = ev.state.value
+            elif isinstance(ev, IndexUpdated):
+                self.indexes[ev.asset] = (ev.price, ev.ts, False)
+                indexed.append(ev.asset)
+            elif isinstance(ev, IndexStale):
+                self.indexes[ev.asset] = (ev.price, ev.set_ts, True)
+                indexed.append(ev.asset)
         out = [self._book_delta(seq, m, b, a) for m, (b, a) in deltas.items() if b or a]
         touched: dict[tuple[str, str], Candle] = {}
         for tr in trades:
             out.append((f"trades:{tr.market}", self._trade(tr, touched)))
-        for market in dict.fromkeys(tr.market for tr in trades):
+        ticked = dict.fromkeys(tr.market for tr in trades)
+        if indexed:
+            ticked.update(dict.fromkeys(m for m, b in self.books.items() if b.spec.base in indexed))
+        for market in ticked:
             out.append((f"ticker:{market}", _dumps("ticker", self.ticker(market, ts))))
         for (market, iv), candle in touched.items():
             wire = self._candle_wire(market, iv, candle)
             out.append((f"candles:{market}:{iv}", _dumps("candle", wire)))
         return out
+
+    def index_wire(self, asset: str, quote_decimals: int) -> Wire | None:
+        """An asset's index for the wire: price, when it was set, whether it is stale."""
+        entry = self.indexes.get(asset)
+        if entry is None:
+            return None
+        price, ts, stale = entry
+        return {"price": format_units(price, quote_decimals), "ts": ts, "stale": stale}
 
     def _book_delta(
         self, seq: int, market: str, bids: dict[int, int], asks: dict[int, int]
@@ -290,6 +317,7 @@ class MarketData:
         bid, ask = book.best(True), book.best(False)
         day = self._last_day(market, now_ts)
         last = self._last.get(market)
+        index = self.indexes.get(spec.base)
         change = pct = None
         if day is not None and last is not None:
             change = fp(last - day.open)
@@ -304,7 +332,9 @@ class MarketData:
             "best_ask_size": spec.fmt_size(ask[1]) if ask else None,
             "last": fp(last) if last is not None else None,
             "mark": None,
-            "index": None,
+            "index": fp(index[0]) if index else None,
+            "index_ts": index[1] if index else None,
+            "index_stale": index[2] if index else None,
             "funding_rate": None,
             "next_funding_ts": None,
             "open_interest": None,

@@ -85,6 +85,11 @@ class Runtime:
         self.keys[self.admin_key] = KeyRecord(
             self.admin_key, admin_secret, None, frozenset({"admin"}), False
         )
+        if settings.oracle_key and settings.oracle_secret:
+            self.keys[settings.oracle_key] = KeyRecord(
+                settings.oracle_key, settings.oracle_secret, None, frozenset({"oracle"}), False
+            )
+        self._operator_keys = dict(self.keys)
         self.auth = Authenticator(self.keys.get, recv_window_ms=settings.recv_window_ms)
         self.limiter = RateLimiter(enabled=settings.rate_limits != "off")
         self.sequencer: Sequencer | None = None
@@ -143,7 +148,7 @@ class Runtime:
         assert self.store is not None
         engine, report = await recover(self.store, self.config)
         self.marketdata = await self._marketdata_from(engine)
-        keys = {self.admin_key: self.keys[self.admin_key]}
+        keys = dict(self._operator_keys)
         for k in engine.api_keys.values():
             keys[k.api_key] = KeyRecord(
                 k.api_key, k.secret, k.account_id, frozenset(k.permissions), k.revoked
@@ -193,6 +198,8 @@ class Runtime:
             if engine.markets[market].state is not MarketState.OPEN:
                 events.append(MarketStateChanged(market, engine.markets[market].state))
             md.on_command(engine.last_seq, engine.last_ts, events)
+        for asset, e in engine.oracle.prices.items():
+            md.indexes[asset] = (e.price, e.ts, e.stale)
         return md
 
     # ----------------------------------------------------------- snapshots

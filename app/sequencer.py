@@ -218,7 +218,8 @@ class Sequencer:
                 item.future.set_exception(error)
 
     async def _ticker(self) -> None:
-        """Inject a journaled `Tick` when the engine has a deadline due (GTT expiry)."""
+        """Inject a journaled `Tick` when the engine has a deadline due (a GTT expiry, or
+        an index price going stale)."""
         while True:
             await asyncio.sleep(self._tick_interval)
             if not self.ready:

@@ -45,8 +45,13 @@ def _convert(tp: Any, value: str, imports: set[str]) -> str:
         inner = _convert(inner_types[0], value, imports)
         return value if inner == value else f"(None if {value} is None else {inner})"
     if origin is tuple:
-        item = _convert(typing.get_args(tp)[0], "x", imports)
-        return f"tuple({value})" if item == "x" else f"tuple([{item} for x in {value}])"
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            item = _convert(args[0], "x", imports)
+            return f"tuple({value})" if item == "x" else f"tuple([{item} for x in {value}])"
+        if any(_convert(a, "v", imports) != "v" for a in args):
+            raise TypeError(f"unsupported fixed tuple {tp}: only plain items")
+        return f"tuple({value})"
     if isinstance(tp, type) and issubclass(tp, Enum):
         imports.add(tp.__name__)
         return f"_{tp.__name__}[{value}]"  # a dict lookup: 6x cheaper than calling the enum

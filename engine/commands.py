@@ -147,6 +147,13 @@ class Tick(Command):
     """Time passes: expire good-till-time orders due at or before `ts`."""
 
 
+@message
+class SetOraclePrices(Command):
+    """Index prices from the oracle: (asset, quote atomic units per whole unit) pairs."""
+
+    prices: tuple[tuple[str, int], ...]
+
+
 ALL_COMMANDS: tuple[type[Command], ...] = (
     CreateAccount,
     CreateApiKey,
@@ -161,5 +168,6 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     BatchPlace,
     BatchCancel,
     SetMarketState,
+    SetOraclePrices,
     Tick,
 )

@@ -180,6 +180,15 @@ def decode_SetMarketState(d: dict[str, Any]) -> c.SetMarketState:
     )
 
 
+def decode_SetOraclePrices(d: dict[str, Any]) -> c.SetOraclePrices:
+    return c.SetOraclePrices(
+        seq=d.get("seq", 0),
+        ts=d.get("ts", 0),
+        sig=d.get("sig"),
+        prices=tuple([tuple(x) for x in d["prices"]]),
+    )
+
+
 def decode_Tick(d: dict[str, Any]) -> c.Tick:
     return c.Tick(
         seq=d.get("seq", 0),
@@ -202,5 +211,6 @@ DECODERS: dict[str, Callable[[dict[str, Any]], c.Command]] = {
     "BatchPlace": decode_BatchPlace,
     "BatchCancel": decode_BatchCancel,
     "SetMarketState": decode_SetMarketState,
+    "SetOraclePrices": decode_SetOraclePrices,
     "Tick": decode_Tick,
 }

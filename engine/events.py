@@ -140,6 +140,23 @@ class MarketStateChanged(NamedTuple):
     state: MarketState
 
 
+class IndexUpdated(NamedTuple):
+    """The oracle set `asset`'s index price (quote atomic units per whole unit)."""
+
+    asset: str
+    price: int
+    ts: int
+
+
+class IndexStale(NamedTuple):
+    """`asset`'s index, set at `set_ts`, is older than the staleness limit at `ts`."""
+
+    asset: str
+    price: int
+    set_ts: int
+    ts: int
+
+
 class BatchItem(NamedTuple):
     """Marks where the events of batch item number `item` begin."""
 
@@ -158,6 +175,8 @@ Event = (
     | TradeEvent
     | BookDelta
     | MarketStateChanged
+    | IndexUpdated
+    | IndexStale
     | BatchItem
 )
 

@@ -34,6 +34,8 @@ from engine.events import (
     BookDelta,
     Event,
     IdempotentReplay,
+    IndexStale,
+    IndexUpdated,
     MarketStateChanged,
     OrderUpdate,
     OrderView,
@@ -43,6 +45,7 @@ from engine.events import (
 )
 from engine.fixedpoint import ceil_div
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
+from engine.oracle import Oracle
 from engine.types import (
     CancelReason,
     LedgerReason,
@@ -110,6 +113,7 @@ class Exchange:
         # Signatures of the signed requests behind recent commands, oldest first, so a
         # request captured before a restart cannot be replayed after it (app/auth.py).
         self.signatures: OrderedDict[str, int] = OrderedDict()
+        self.oracle = Oracle(config.oracle_stale_ms)
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -126,6 +130,7 @@ class Exchange:
             c.BatchPlace: self._batch_place,
             c.BatchCancel: self._batch_cancel,
             c.SetMarketState: self._set_market_state,
+            c.SetOraclePrices: self._set_oracle_prices,
             c.Tick: lambda cmd: None,
         }
 
@@ -143,6 +148,10 @@ class Exchange:
         if cmd.sig is not None:
             self._remember_signature(cmd.sig, cmd.ts)
         self._expire_due(cmd.ts)
+        deadline = self.oracle.deadline
+        if deadline is not None and cmd.ts >= deadline:
+            for e in self.oracle.going_stale(cmd.ts):
+                events.append(IndexStale(e.asset, e.price, e.ts, cmd.ts))
         try:
             self._handlers[type(cmd)](cmd)
         except _Refused as refused:
@@ -178,14 +187,20 @@ class Exchange:
             sigs.popitem(last=False)
 
     def next_deadline(self) -> int | None:
-        """The ts at which a `Tick` has work to do (earliest GTT expiry), if any."""
+        """The ts at which a `Tick` has work to do (a GTT expiry or an index price going
+        stale), if any."""
+        expiry = None
         while self.expiries:
             exp, oid = self.expiries[0]
             o = self.orders.get(oid)
             if o is not None and o.expire_ts == exp:
-                return exp
+                expiry = exp
+                break
             heapq.heappop(self.expiries)
-        return None
+        stale = self.oracle.deadline
+        if expiry is None or (stale is not None and stale < expiry):
+            return stale
+        return expiry
 
     # --------------------------------------------------------------- accounts
     def _account(self, account_id: int) -> Account:
@@ -879,6 +894,28 @@ class Exchange:
             raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
         market.state = cmd.state
         self._events.append(MarketStateChanged(cmd.market, cmd.state))
+
+    def _set_oracle_prices(self, cmd: c.SetOraclePrices) -> None:
+        """All prices or none: each asset known, not the quote asset, once, 0 < price."""
+        if not cmd.prices:
+            raise _Refused(Reject.INVALID_PRICE, "no prices")
+        quote = self.config.quote_asset
+        if not quote:
+            raise _Refused(Reject.UNKNOWN_ASSET, "markets have no single quote asset")
+        seen: set[str] = set()
+        for asset, price in cmd.prices:
+            if asset not in self.config.assets:
+                raise _Refused(Reject.UNKNOWN_ASSET, f"unknown asset {asset}")
+            if asset == quote:
+                raise _Refused(Reject.UNKNOWN_ASSET, f"{asset} is the quote asset: no index")
+            if asset in seen:
+                raise _Refused(Reject.INVALID_PRICE, f"{asset} priced twice")
+            if not 0 < price <= MAX_UNITS:
+                raise _Refused(Reject.INVALID_PRICE, f"{asset}: price must be positive")
+            seen.add(asset)
+        for asset, price in sorted(cmd.prices):
+            self.oracle.set(asset, price, self._ts)
+            self._events.append(IndexUpdated(asset, price, self._ts))
 
     # ------------------------------------------------------------- read side
     def balance(self, account_id: int, asset: str) -> int:

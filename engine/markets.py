@@ -65,6 +65,15 @@ class ExchangeConfig:
     max_batch: int = 20
     # Market orders without a price get a protective limit this far past the best price.
     market_slippage_ppm: int = 50_000
+    # An index price from the oracle is stale this long after the command that set it.
+    oracle_stale_ms: int = 15_000
+
+    @property
+    def quote_asset(self) -> str:
+        """The asset every market is quoted in (USDC by default), in which index prices
+        are given; "" if markets are quoted in several assets."""
+        quotes = {m.quote for m in self.markets.values()}
+        return quotes.pop() if len(quotes) == 1 else ""
 
     def validate(self) -> list[str]:
         """Problems with the configuration (empty when it is sound)."""
@@ -91,6 +100,8 @@ class ExchangeConfig:
                 problems.append(f"fee tier {tier_id}: rebate larger than the taker fee")
             if tier.taker_ppm >= 1_000_000 or tier.maker_ppm >= 1_000_000:
                 problems.append(f"fee tier {tier_id}: fee of 100% or more")
+        if self.oracle_stale_ms <= 0:
+            problems.append("oracle_stale_ms must be positive")
         if 0 not in self.fee_tiers:
             problems.append("fee tier 0 (the default) is missing")
         return problems

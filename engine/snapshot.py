@@ -119,6 +119,9 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         "deposits": sorted([k, _transfer_out(t)] for k, t in ex.deposits.items()),
         "withdrawals": sorted([k, _transfer_out(t)] for k, t in ex.withdrawals.items()),
         "signatures": [[s, ts] for s, ts in ex.signatures.items()],
+        "oracle": [
+            [e.asset, e.price, e.ts, e.stale] for _, e in sorted(ex.oracle.prices.items())
+        ],
     }
 
 
@@ -156,6 +159,8 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}
     ex.signatures = OrderedDict((s, ts) for s, ts in snap["signatures"])
+    for asset, price, ts, stale in snap.get("oracle", []):  # absent before the oracle existed
+        ex.oracle.restore(asset, price, ts, stale)
     return ex
 
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from app.marketdata import MarketData
-from engine.events import BookDelta, MarketStateChanged, TradeEvent
+from engine.events import BookDelta, IndexStale, IndexUpdated, MarketStateChanged, TradeEvent
 from engine.fixedpoint import parse_units
 from engine.markets import default_config
 from engine.types import MarketState, Side
@@ -191,6 +191,8 @@ def test_trades_candles_ticker_messages(md: MarketData) -> None:
         "last": "65000.5",
         "mark": None,
         "index": None,
+        "index_ts": None,
+        "index_stale": None,
         "funding_rate": None,
         "next_funding_ts": None,
         "open_interest": None,
@@ -352,3 +354,17 @@ def test_market_state(md: MarketData) -> None:
     assert md.market_state(BTC) == "halted"
     assert md.market_state("ETH-USDC") == "open"
     assert md.ticker(BTC, H)["state"] == "halted"
+
+
+def test_index_prices_update_the_tickers_of_markets_on_that_asset(md: MarketData) -> None:
+    out = decoded(md.on_command(5, H, [IndexUpdated("BTC", px("65000.5"), H)]))
+    assert [c for c, _ in out] == ["ticker:BTC-USDC"]
+    ticker = out[0][1]
+    assert (ticker["index"], ticker["index_ts"], ticker["index_stale"]) == ("65000.5", H, False)
+    assert md.index_wire("BTC", 6) == {"price": "65000.5", "ts": H, "stale": False}
+    assert md.index_wire("ETH", 6) is None
+    out = decoded(md.on_command(6, H + 20_000, [IndexStale("BTC", px("65000.5"), H, H + 20_000)]))
+    assert [c for c, _ in out] == ["ticker:BTC-USDC"]
+    assert (out[0][1]["index"], out[0][1]["index_stale"]) == ("65000.5", True)
+    assert md.index_wire("BTC", 6) == {"price": "65000.5", "ts": H, "stale": True}
+    assert decoded(md.on_command(7, H, [IndexUpdated("DOGE", 1, H)])) == []

@@ -39,9 +39,10 @@ from engine.commands import (
     Deposit,
     PlaceOrder,
     RevokeApiKey,
+    SetOraclePrices,
     Withdraw,
 )
-from engine.events import BookDelta, Event, Rejected, TradeEvent
+from engine.events import BookDelta, Event, IndexStale, IndexUpdated, Rejected, TradeEvent
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
 from engine.types import OrderType, Side, TimeInForce
@@ -76,8 +77,8 @@ class _Extras:
         rng, ex = self.rng, self.shadow
         users = sorted(a for a in ex.accounts if a >= 1000)
         kind = rng.choices(
-            ("account", "fund", "order", "key", "revoke", "batch_cancel", "borrow"),
-            (1, 3, 8, 2, 2, 4, 1),
+            ("account", "fund", "order", "key", "revoke", "batch_cancel", "borrow", "oracle"),
+            (1, 3, 8, 2, 2, 4, 1, 2),
         )[0]
         if kind == "account" or not self.new_accounts:
             key = self._id("key")
@@ -132,6 +133,13 @@ class _Extras:
                 acct = rng.choice(users)
                 self.keys.append((acct, key))
             return RevokeApiKey(account_id=acct, api_key=key)
+        if kind == "oracle":  # index prices; sometimes refused (quote asset, unknown, zero)
+            base = {"BTC": 50_000, "ETH": 3_000, "SOL": 150}
+            assets = rng.sample(sorted(base), rng.randint(1, 3))
+            prices = [(a, base[a] * 10**6 + rng.randint(-5_000, 5_000) * 10**4) for a in assets]
+            if rng.random() < 0.1:
+                prices.append(rng.choice((("USDC", 10**6), ("DOGE", 10**5), ("BTC", 0))))
+            return SetOraclePrices(prices=tuple(prices))
         if kind == "borrow":
             return Withdraw(
                 account_id=rng.choice(users),
@@ -223,6 +231,7 @@ def test_workload_is_mixed(original: Original) -> None:
         "BatchPlace",
         "BatchCancel",
         "SetMarketState",
+        "SetOraclePrices",
         "Tick",
     ):
         assert kinds[name] > 0, f"no {name} in the workload: {kinds}"
@@ -233,6 +242,8 @@ def test_workload_is_mixed(original: Original) -> None:
     flat = [e for evs in original.events for e in evs]
     assert sum(isinstance(e, TradeEvent) for e in flat) > 2_000
     assert sum(isinstance(e, Rejected) for e in flat) > 500
+    assert sum(isinstance(e, IndexUpdated) for e in flat) > 50
+    assert sum(isinstance(e, IndexStale) for e in flat) > 10
     assert len(original.snapshots) >= 10
 
 

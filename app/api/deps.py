@@ -122,7 +122,7 @@ def signed(permission: str, category: str = "read") -> Callable[..., Awaitable[P
         except AuthError as exc:
             status = 403 if exc.code == "PERMISSION_DENIED" else 401
             raise ApiError(exc.code, exc.message, status=status) from exc
-        if permission != "admin" and record.account_id is None:
+        if permission not in ("admin", "oracle") and record.account_id is None:
             raise ApiError("PERMISSION_DENIED", "operator keys have no trading account", status=403)
         _limit(rt, response, "key:" + record.api_key, category)
         _signature.set(h.get("x-signature"))

@@ -47,11 +47,19 @@ async def server_time() -> dict[str, int]:
     return {"server_time": int(time.time() * 1000)}
 
 
-@router.get("/assets", summary="Assets and their decimals")
+@router.get("/assets", summary="Assets, their decimals and index prices")
 async def assets(request: Request) -> dict[str, Any]:
     rt = runtime(request)
+    quote = rt.config.assets[rt.config.quote_asset].decimals if rt.config.quote_asset else 0
     return {
-        "assets": [{"symbol": a.symbol, "decimals": a.decimals} for a in rt.config.assets.values()]
+        "assets": [
+            {
+                "symbol": a.symbol,
+                "decimals": a.decimals,
+                "index": rt.marketdata.index_wire(a.symbol, quote),
+            }
+            for a in rt.config.assets.values()
+        ]
     }
 
 

@@ -6,9 +6,9 @@ in `app.api.convert`, where the market's tick and lot are known.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class Body(BaseModel):
@@ -90,6 +90,16 @@ class DepositRequest(Body):
     asset: str = Field(min_length=1, max_length=16)
     amount: str = Decimal
     deposit_id: str = Field(min_length=1, max_length=64)
+
+
+DecimalText = Annotated[
+    str, StringConstraints(min_length=1, max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+]
+AssetName = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+
+class OraclePricesRequest(Body):
+    prices: dict[AssetName, DecimalText] = Field(min_length=1, max_length=64)
 
 
 class MarketStateRequest(Body):
