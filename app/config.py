@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.fixedpoint import parse_units
+from engine.fixedpoint import FixedPointError, parse_units
 from engine.markets import AssetSpec, ExchangeConfig, FeeTier, MarketSpec, default_config
+from engine.risk import DEFAULT_RISK, AssetRisk
 from engine.types import MarketKind
 
 
@@ -66,7 +67,8 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
         problems.append("top level must be an object")
         return None
     unknown = set(raw) - {
-        "assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm", "oracle_stale_s"
+        "assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm", "oracle_stale_s",
+        "risk",
     }
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
@@ -109,11 +111,49 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
             problems.append("oracle_stale_s must be a positive integer")
         else:
             extra["oracle_stale_ms"] = stale * 1000
+    if "risk" in raw:
+        extra["risk"] = _risk(raw["risk"], problems)
     if not markets:
         problems.append("no markets defined")
     if problems:
         return None
     return ExchangeConfig(assets=assets, markets=markets, **extra)
+
+
+_RISK_FIELDS = {
+    "initial": "initial_ppm",
+    "maintenance": "maintenance_ppm",
+    "liquidation_end": "liquidation_end_ppm",
+    "slippage": "slippage_ppm",
+    "supply_haircut": "supply_haircut_ppm",
+}
+
+
+def _risk(raw: Any, problems: list[str]) -> dict[str, AssetRisk]:
+    """`{"BTC": {"initial": "0.12", ...}}`: fractions as decimal strings; fields not given
+    keep the built-in defaults of that asset (DESIGN section 7)."""
+    out = dict(DEFAULT_RISK)
+    if not isinstance(raw, dict):
+        problems.append("risk must be an object of assets")
+        return out
+    for asset, fields in raw.items():
+        if not isinstance(fields, dict) or set(fields) - set(_RISK_FIELDS):
+            problems.append(f"risk {asset}: fields are {', '.join(_RISK_FIELDS)}")
+            continue
+        base = out.get(asset)
+        values = {} if base is None else {f: getattr(base, f) for f in _RISK_FIELDS.values()}
+        values.setdefault("supply_haircut_ppm", 0)
+        missing = [k for k, f in _RISK_FIELDS.items() if f not in values and k not in fields]
+        if missing:
+            problems.append(f"risk {asset}: a new asset needs {', '.join(missing)}")
+            continue
+        try:
+            for key, value in fields.items():
+                values[_RISK_FIELDS[key]] = parse_units(str(value), 6)
+            out[asset] = AssetRisk(**values)
+        except (FixedPointError, TypeError) as exc:
+            problems.append(f"risk {asset}: {exc}")
+    return out
 
 
 def _market(item: Any, assets: dict[str, AssetSpec], problems: list[str]) -> MarketSpec | None:

@@ -15,6 +15,7 @@ from typing import Any
 from engine.events import OrderView, TradeEvent, Transfer, fill_row, posting_row
 from engine.fixedpoint import format_units
 from engine.markets import ExchangeConfig, MarketSpec
+from engine.risk import AssetRisk
 
 
 def _val(v: Any) -> Any:
@@ -118,7 +119,20 @@ def ledger_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, A
     }
 
 
-def market_wire(spec: MarketSpec, state: str) -> dict[str, Any]:
+def risk_wire(risk: AssetRisk | None) -> dict[str, str] | None:
+    """An asset's risk parameters as decimal fractions (0.12 = 12%)."""
+    if risk is None:
+        return None
+    return {
+        "initial": format_units(risk.initial_ppm, 6),
+        "maintenance": format_units(risk.maintenance_ppm, 6),
+        "liquidation_end": format_units(risk.liquidation_end_ppm, 6),
+        "slippage": format_units(risk.slippage_ppm, 6),
+        "supply_haircut": format_units(risk.supply_haircut_ppm, 6),
+    }
+
+
+def market_wire(spec: MarketSpec, state: str, risk: AssetRisk | None = None) -> dict[str, Any]:
     return {
         "symbol": spec.symbol,
         "kind": spec.kind.value,
@@ -128,5 +142,5 @@ def market_wire(spec: MarketSpec, state: str) -> dict[str, Any]:
         "lot_size": spec.fmt_size(spec.lot),
         "min_size": spec.fmt_size(spec.min_size),
         "state": state,
-        "risk": None,
+        "risk": risk_wire(risk),
     }

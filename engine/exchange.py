@@ -46,6 +46,7 @@ from engine.events import (
 from engine.fixedpoint import ceil_div
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
+from engine.risk import Level, all_levels
 from engine.types import (
     CancelReason,
     LedgerReason,
@@ -949,7 +950,23 @@ class Exchange:
             "maker_fee_ppm": tier.maker_ppm,
             "taker_fee_ppm": tier.taker_ppm,
             "open_orders": len(acct.live),
+            "health": self.health(account_id),
         }
+
+    def health(self, account_id: int) -> dict[Level, int | None]:
+        """The account's health at every level and its equity (engine/risk.py), at the last
+        index prices (stale ones too: the view says which are stale)."""
+        acct = self.accounts[account_id]
+        cfg = self.config
+        return all_levels(
+            {a: b for a, b in acct.balances.items() if b},
+            [],
+            {a: e.price for a, e in self.oracle.prices.items()},
+            {a: spec.decimals for a, spec in cfg.assets.items()},
+            cfg.risk,
+            {},
+            cfg.quote_asset,
+        )
 
     def asset_totals(self) -> dict[str, tuple[int, int, int]]:
         """Per asset: (sum over user accounts, over system accounts, the external account).

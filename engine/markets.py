@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.fixedpoint import format_units, parse_units
+from engine.risk import DEFAULT_RISK, AssetRisk
 from engine.types import MarketKind
 
 
@@ -67,6 +68,8 @@ class ExchangeConfig:
     market_slippage_ppm: int = 50_000
     # An index price from the oracle is stale this long after the command that set it.
     oracle_stale_ms: int = 15_000
+    # Price shocks and slippage per non-quote asset (engine/risk.py, DESIGN section 7).
+    risk: dict[str, AssetRisk] = field(default_factory=lambda: dict(DEFAULT_RISK))
 
     @property
     def quote_asset(self) -> str:
@@ -102,6 +105,14 @@ class ExchangeConfig:
                 problems.append(f"fee tier {tier_id}: fee of 100% or more")
         if self.oracle_stale_ms <= 0:
             problems.append("oracle_stale_ms must be positive")
+        for asset in self.assets:
+            if asset == self.quote_asset:
+                continue
+            params = self.risk.get(asset)
+            if params is None:
+                problems.append(f"{asset}: no risk parameters")
+            else:
+                problems += params.problems(asset)
         if 0 not in self.fee_tiers:
             problems.append("fee tier 0 (the default) is missing")
         return problems

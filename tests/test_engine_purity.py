@@ -14,8 +14,9 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 ALLOWED = {
-    "__future__", "collections", "collections.abc", "dataclasses", "decimal", "enum", "hashlib",
-    "heapq", "itertools", "json", "operator", "types", "typing", "sortedcontainers", "engine",
+    "__future__", "collections", "collections.abc", "dataclasses", "decimal", "enum",
+    "fractions", "hashlib", "heapq", "itertools", "json", "operator", "types", "typing",
+    "sortedcontainers", "engine",
 }  # fmt: skip
 SOURCES = sorted(ENGINE.glob("*.py"))
 

@@ -36,6 +36,14 @@ router = APIRouter(prefix="/v1", tags=["account"])
 ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
 
+def health_wire(levels: dict[Any, int | None], decimals: int) -> dict[str, str | None]:
+    """Health per level and equity in the quote asset; null where an asset has no price."""
+    return {
+        str(level): None if value is None else format_units(value, decimals)
+        for level, value in levels.items()
+    }
+
+
 @router.get("/account", responses=ERR, summary="Balances, holds, settings and margin state")
 async def account(request: Request, who: Principal = Depends(signed("read"))) -> dict[str, Any]:
     rt = runtime(request)
@@ -65,7 +73,7 @@ async def account(request: Request, who: Principal = Depends(signed("read"))) ->
         "name": state["name"],
         "balances": balances,
         "positions": [],
-        "health": None,
+        "health": health_wire(state["health"], rt.config.assets[rt.config.quote_asset].decimals),
         "margin_state": "normal",
         "deadline": None,
         "open_orders": state["open_orders"],

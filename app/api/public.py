@@ -68,7 +68,7 @@ async def markets(request: Request) -> dict[str, Any]:
     rt = runtime(request)
     return {
         "markets": [
-            market_wire(spec, rt.marketdata.market_state(sym))
+            market_wire(spec, rt.marketdata.market_state(sym), rt.config.risk.get(spec.base))
             for sym, spec in rt.config.markets.items()
         ]
     }
@@ -113,7 +113,7 @@ async def ticker(request: Request, market: str) -> Any:
 async def one_market(request: Request, market: str) -> Any:
     rt = runtime(request)
     spec = market_spec(rt, market)
-    return market_wire(spec, rt.marketdata.market_state(market))
+    return market_wire(spec, rt.marketdata.market_state(market), rt.config.risk.get(spec.base))
 
 
 @metrics_router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -114,6 +114,29 @@ async def test_only_oracle_and_admin_keys_may_post_prices(
     assert got["prices"]["ETH"]["price"] == "3100.25"
 
 
+async def test_account_health_at_the_index(
+    oracle: AsyncExchangeClient, traders: MakeTrader
+) -> None:
+    """1,000 USDC + 0.2 BTC at 50,000 (numbers worked out in tests/test_risk.py)."""
+    trader = await traders({"USDC": "1000", "BTC": "0.2"})
+    await oracle.set_oracle_prices({"BTC": "50000"})
+    account = await trader.client.account()
+    assert account["health"] == {
+        "initial": "9756",
+        "maintenance": "10154",
+        "liquidation_end": "9955",
+        "equity": "11000",
+    }
+    market = await trader.client.request("GET", f"/v1/markets/{BTC}", signed=False)
+    assert market["risk"] == {
+        "initial": "0.12",
+        "maintenance": "0.08",
+        "liquidation_end": "0.1",
+        "slippage": "0.005",
+        "supply_haircut": "0",
+    }
+
+
 async def _wait_stale(client: AsyncExchangeClient, symbol: str, timeout: float = 10) -> Any:
     deadline = time.monotonic() + timeout
     while True:

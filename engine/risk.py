@@ -1,0 +1,166 @@
+"""Portfolio risk: one account's health at three levels, and its equity (DESIGN section 7).
+
+Rules owned here, for one account, with `P` the price of asset `t` in quote
+atomic units per whole unit and `U = 10**decimals(t)`:
+
+    adj(t)     = balance * (1 - supply_haircut)              if balance > 0
+               = balance * (1 + borrow_rate * 10 days)       if balance < 0
+    value_t(P) = adj(t)*P/U - slippage*|adj(t)|*P/U
+               + sum over perps p on t: size_p*(P - mark_p)/U - slippage*|size_p|*P/U
+    token_t    = min(value_t(mark_t*(1+shock)), value_t(mark_t*(1-shock)))
+    health     = adj(quote) + sum_p unrealized_pnl_p + sum_t token_t
+
+`shock` is the asset's price shock for the level (initial > liquidation-end >
+maintenance) and `slippage` its `risk_slippage`. A long spot balance and a short
+perp on the same asset offset inside `value_t`: hedges net out.
+
+Choices where DESIGN is silent: **equity** is the account's value at the marks,
+with no shock, slippage, haircut or borrow horizon (what it would be worth
+closed out at the marks); arithmetic is exact (fractions) and each result is
+rounded down to a quote atomic unit, so health is never overstated; an asset
+held (or owed) without a price makes the health unknown (None), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from fractions import Fraction
+
+PPM = 1_000_000
+DAY_MS = 86_400_000
+YEAR_MS = 365 * DAY_MS
+BORROW_HORIZON_MS = 10 * DAY_MS  # a loan is valued as if 10 days of interest were owed
+
+
+class Level(StrEnum):
+    INITIAL = "initial"
+    MAINTENANCE = "maintenance"
+    LIQUIDATION_END = "liquidation_end"
+    EQUITY = "equity"
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRisk:
+    """Risk parameters of one (non-quote) asset, in parts per million."""
+
+    initial_ppm: int
+    maintenance_ppm: int
+    liquidation_end_ppm: int
+    slippage_ppm: int
+    supply_haircut_ppm: int = 0
+
+    def shock_ppm(self, level: Level) -> int:
+        if level is Level.INITIAL:
+            return self.initial_ppm
+        if level is Level.MAINTENANCE:
+            return self.maintenance_ppm
+        if level is Level.LIQUIDATION_END:
+            return self.liquidation_end_ppm
+        return 0
+
+    def problems(self, asset: str) -> list[str]:
+        out = []
+        if not 0 <= self.maintenance_ppm <= self.liquidation_end_ppm <= self.initial_ppm < PPM:
+            out.append(
+                f"{asset}: risk prices need 0 <= maintenance <= liquidation_end <= initial < 1"
+            )
+        if not 0 <= self.slippage_ppm < PPM or not 0 <= self.supply_haircut_ppm < PPM:
+            out.append(f"{asset}: slippage and supply haircut must be in [0, 1)")
+        return out
+
+
+DEFAULT_RISK = {
+    "BTC": AssetRisk(120_000, 80_000, 100_000, 5_000),
+    "ETH": AssetRisk(120_000, 80_000, 100_000, 5_000),
+    "SOL": AssetRisk(180_000, 120_000, 150_000, 5_000),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PerpExposure:
+    """A perp position on an asset: signed size (base atomic units), its mark price and its
+    unrealized PnL at that mark (quote atomic units)."""
+
+    asset: str
+    size: int
+    mark: int
+    unrealized_pnl: int
+
+
+def adjusted(balance: int, risk: AssetRisk | None, borrow_rate_ppm: int, level: Level) -> Fraction:
+    """adj(t): a supply less its haircut, a loan plus BORROW_HORIZON_MS of interest at
+    `borrow_rate_ppm` a year. Equity uses the balance as it is."""
+    if level is Level.EQUITY or balance == 0:
+        return Fraction(balance)
+    if balance > 0:
+        haircut = risk.supply_haircut_ppm if risk is not None else 0
+        return Fraction(balance * (PPM - haircut), PPM)
+    return Fraction(balance) * (1 + Fraction(borrow_rate_ppm * BORROW_HORIZON_MS, PPM * YEAR_MS))
+
+
+def _value(
+    adj: Fraction, perps: list[PerpExposure], price: Fraction, unit: int, slippage: Fraction
+) -> Fraction:
+    total = adj * price - slippage * abs(adj) * price
+    for p in perps:
+        total += p.size * (price - p.mark) - slippage * abs(p.size) * price
+    return total / unit
+
+
+def health(
+    balances: dict[str, int],
+    perps: list[PerpExposure],
+    marks: dict[str, int],
+    decimals: dict[str, int],
+    risk: dict[str, AssetRisk],
+    borrow_rates_ppm: dict[str, int],
+    quote: str,
+    level: Level,
+) -> int | None:
+    """The account's health at `level` (its equity for Level.EQUITY), in quote atomic units,
+    rounded down; None when an asset it holds, owes or trades has no mark."""
+    total = adjusted(balances.get(quote, 0), None, borrow_rates_ppm.get(quote, 0), level)
+    by_asset: dict[str, list[PerpExposure]] = {}
+    for p in perps:
+        by_asset.setdefault(p.asset, []).append(p)
+        total += p.unrealized_pnl
+    for asset in sorted(set(balances) | set(by_asset)):
+        if asset == quote:
+            continue
+        balance = balances.get(asset, 0)
+        on_asset = by_asset.get(asset, [])
+        if balance == 0 and not any(p.size for p in on_asset):
+            continue
+        mark = marks.get(asset)
+        if mark is None:
+            return None
+        params = risk.get(asset)
+        shock = Fraction(params.shock_ppm(level), PPM) if params is not None else Fraction(0)
+        slip = (
+            Fraction(params.slippage_ppm, PPM)
+            if params is not None and level is not Level.EQUITY
+            else Fraction(0)
+        )
+        adj = adjusted(balance, params, borrow_rates_ppm.get(asset, 0), level)
+        unit = 10 ** decimals[asset]
+        total += min(
+            _value(adj, on_asset, mark * (1 + shock), unit, slip),
+            _value(adj, on_asset, mark * (1 - shock), unit, slip),
+        )
+    return total.__floor__()
+
+
+def all_levels(
+    balances: dict[str, int],
+    perps: list[PerpExposure],
+    marks: dict[str, int],
+    decimals: dict[str, int],
+    risk: dict[str, AssetRisk],
+    borrow_rates_ppm: dict[str, int],
+    quote: str,
+) -> dict[Level, int | None]:
+    return {
+        level: health(balances, perps, marks, decimals, risk, borrow_rates_ppm, quote, level)
+        for level in Level
+    }
