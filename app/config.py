@@ -68,7 +68,7 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
         return None
     unknown = set(raw) - {
         "assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm", "oracle_stale_s",
-        "risk",
+        "risk", "interest_interval_s",
     }
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
@@ -105,12 +105,13 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
                 problems.append(f"{key} must be a non-negative integer")
             else:
                 extra[key] = raw[key]
-    if "oracle_stale_s" in raw:
-        stale = raw["oracle_stale_s"]
-        if not isinstance(stale, int) or isinstance(stale, bool) or stale < 1:
-            problems.append("oracle_stale_s must be a positive integer")
-        else:
-            extra["oracle_stale_ms"] = stale * 1000
+    for key in ("oracle_stale_s", "interest_interval_s"):
+        if key in raw:
+            seconds = raw[key]
+            if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
+                problems.append(f"{key} must be a positive integer")
+            else:
+                extra[key[:-2] + "_ms"] = seconds * 1000
     if "risk" in raw:
         extra["risk"] = _risk(raw["risk"], problems)
     if not markets:

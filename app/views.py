@@ -119,6 +119,20 @@ def ledger_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, A
     }
 
 
+def lending_wire(asset: str, decimals: int, pool: dict[str, int]) -> dict[str, Any]:
+    """One lending pool: amounts in the asset, rates and ratios as decimal fractions a year."""
+    return {
+        "asset": asset,
+        "supplied": format_units(pool["supplied"], decimals),
+        "borrowed": format_units(pool["borrowed"], decimals),
+        "utilization": format_units(pool["utilization_ppm"], 6),
+        "borrow_rate": format_units(pool["borrow_rate_ppm"], 6),
+        "supply_rate": format_units(pool["supply_rate_ppm"], 6),
+        "max_utilization": format_units(pool["max_utilization_ppm"], 6),
+        "reserve_factor": format_units(pool["reserve_factor_ppm"], 6),
+    }
+
+
 def risk_wire(risk: AssetRisk | None) -> dict[str, str] | None:
     """An asset's risk parameters as decimal fractions (0.12 = 12%)."""
     if risk is None:

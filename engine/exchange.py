@@ -21,6 +21,7 @@ from engine.accounts import (
     FEES,
     FIRST_USER_ACCOUNT,
     SYSTEM_ACCOUNTS,
+    TREASURY,
     Account,
     ApiKey,
 )
@@ -44,9 +45,17 @@ from engine.events import (
     Transfer,
 )
 from engine.fixedpoint import ceil_div
+from engine.lending import PPM as LENDING_PPM
+from engine.lending import (
+    Pool,
+    borrow_rate_ppm,
+    interest_due,
+    supply_rate_ppm,
+    utilization_ppm,
+)
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
-from engine.risk import Level, all_levels
+from engine.risk import Level, all_levels, health
 from engine.types import (
     CancelReason,
     LedgerReason,
@@ -115,6 +124,8 @@ class Exchange:
         # request captured before a restart cannot be replayed after it (app/auth.py).
         self.signatures: OrderedDict[str, int] = OrderedDict()
         self.oracle = Oracle(config.oracle_stale_ms)
+        self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
+        self.interest_ts: int | None = None  # when interest was last settled
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -149,6 +160,11 @@ class Exchange:
         if cmd.sig is not None:
             self._remember_signature(cmd.sig, cmd.ts)
         self._expire_due(cmd.ts)
+        its = self.interest_ts
+        if its is None:
+            self.interest_ts = cmd.ts
+        elif cmd.ts >= its + self.config.interest_interval_ms:
+            self._settle_interest(cmd.ts)
         deadline = self.oracle.deadline
         if deadline is not None and cmd.ts >= deadline:
             for e in self.oracle.going_stale(cmd.ts):
@@ -188,8 +204,8 @@ class Exchange:
             sigs.popitem(last=False)
 
     def next_deadline(self) -> int | None:
-        """The ts at which a `Tick` has work to do (a GTT expiry or an index price going
-        stale), if any."""
+        """The ts at which a `Tick` has work to do (a GTT expiry, an index price going
+        stale, interest to settle on outstanding loans), if any."""
         expiry = None
         while self.expiries:
             exp, oid = self.expiries[0]
@@ -198,10 +214,10 @@ class Exchange:
                 expiry = exp
                 break
             heapq.heappop(self.expiries)
-        stale = self.oracle.deadline
-        if expiry is None or (stale is not None and stale < expiry):
-            return stale
-        return expiry
+        due = [d for d in (expiry, self.oracle.deadline) if d is not None]
+        if self.interest_ts is not None and any(p.borrowed for p in self.pools.values()):
+            due.append(self.interest_ts + self.config.interest_interval_ms)
+        return min(due) if due else None
 
     # --------------------------------------------------------------- accounts
     def _account(self, account_id: int) -> Account:
@@ -292,6 +308,10 @@ class Exchange:
         a, b = self.accounts[frm], self.accounts[to]
         fb = a.balances[asset] = a.balances.get(asset, 0) - amount
         tb = b.balances[asset] = b.balances.get(asset, 0) + amount
+        if frm >= FIRST_USER_ACCOUNT:
+            self.pools[asset].move(fb + amount, fb)
+        if to >= FIRST_USER_ACCOUNT:
+            self.pools[asset].move(tb - amount, tb)
         t = Transfer(self.next_transfer_id, asset, frm, to, amount, reason, ref, fb, tb, self._ts)
         self.next_transfer_id += 1
         self._events.append(t)
@@ -301,9 +321,19 @@ class Exchange:
         self._money_move(cmd.account_id, cmd.asset, cmd.amount, cmd.deposit_id, True)
 
     def _withdraw(self, cmd: c.Withdraw) -> None:
-        self._money_move(cmd.account_id, cmd.asset, cmd.amount, cmd.withdrawal_id, False)
+        self._money_move(
+            cmd.account_id, cmd.asset, cmd.amount, cmd.withdrawal_id, False, cmd.allow_borrow
+        )
 
-    def _money_move(self, aid: int, asset: str, amount: int, ident: str, deposit: bool) -> None:
+    def _money_move(
+        self,
+        aid: int,
+        asset: str,
+        amount: int,
+        ident: str,
+        deposit: bool,
+        allow_borrow: bool = False,
+    ) -> None:
         seen = self.deposits if deposit else self.withdrawals
         # deposit ids are the operator's (global); withdrawal ids belong to each account
         key = ident if deposit else f"{aid}:{ident}"
@@ -330,13 +360,111 @@ class Exchange:
             )
         else:
             if acct.available(asset) < amount:
-                raise _Refused(
-                    Reject.INSUFFICIENT_BALANCE, f"available {acct.available(asset)} < {amount}"
-                )
+                if not allow_borrow:
+                    raise _Refused(
+                        Reject.INSUFFICIENT_BALANCE,
+                        f"available {acct.available(asset)} < {amount}",
+                    )
+                self._check_borrow(acct, asset, amount)
             t = self._transfer(
                 asset, aid, EXTERNAL, amount, LedgerReason.WITHDRAWAL, f"withdrawal:{ident}"
             )
         seen[key] = t
+
+    # ---------------------------------------------------------------- lending
+    def _check_borrow(self, acct: Account, asset: str, amount: int) -> None:
+        """May `acct` take `amount` of `asset` out, borrowing what it does not have? Only
+        funds no order holds; within the pool's free liquidity and max utilization; and
+        with initial health >= 0 afterwards, open orders counted as filled."""
+        if acct.hold(asset) > 0:
+            raise _Refused(
+                Reject.INSUFFICIENT_BALANCE,
+                f"open orders hold {asset}: cancel them before borrowing it",
+            )
+        pool = self.pools[asset]
+        own = max(acct.balance(asset), 0)
+        loan = amount - own
+        if amount > pool.free:
+            raise _Refused(
+                Reject.INSUFFICIENT_LIQUIDITY, f"the {asset} pool has {pool.free} free"
+            )
+        supplied, borrowed = pool.supplied - own, pool.borrowed + loan
+        limit = self.config.lending[asset].max_utilization_ppm
+        if borrowed * LENDING_PPM > limit * supplied:
+            raise _Refused(
+                Reject.INSUFFICIENT_LIQUIDITY,
+                f"the {asset} pool would pass its maximum utilization",
+            )
+        rates = self.borrow_rates()  # the loan's 10-day horizon at the rate it causes
+        rates[asset] = borrow_rate_ppm(self.config.lending[asset], supplied, borrowed)
+        after = self._initial_health(acct, {asset: -amount}, rates)
+        if after is None or after < 0:
+            raise _Refused(
+                Reject.INSUFFICIENT_MARGIN,
+                "initial health would be "
+                + ("unknown (an asset has no fresh index price)" if after is None else f"{after}"),
+            )
+
+    def lending_state(self) -> dict[str, dict[str, int]]:
+        """Per pool: supplied, borrowed, utilization and rates (ppm a year), parameters."""
+        out = {}
+        for asset, pool in self.pools.items():
+            params = self.config.lending[asset]
+            out[asset] = {
+                "supplied": pool.supplied,
+                "borrowed": pool.borrowed,
+                "utilization_ppm": utilization_ppm(pool.supplied, pool.borrowed),
+                "borrow_rate_ppm": borrow_rate_ppm(params, pool.supplied, pool.borrowed),
+                "supply_rate_ppm": supply_rate_ppm(params, pool.supplied, pool.borrowed),
+                "max_utilization_ppm": params.max_utilization_ppm,
+                "reserve_factor_ppm": params.reserve_factor_ppm,
+            }
+        return out
+
+    def borrow_rates(self) -> dict[str, int]:
+        """Each pool's borrow rate now, ppm a year."""
+        return {
+            a: borrow_rate_ppm(self.config.lending[a], p.supplied, p.borrowed)
+            for a, p in self.pools.items()
+        }
+
+    def _settle_interest(self, ts: int) -> None:
+        """Borrowers pay the treasury, the treasury pays suppliers their share
+        (engine/lending.py); the reserve and the dust stay with the treasury."""
+        assert self.interest_ts is not None
+        elapsed = ts - self.interest_ts
+        self.interest_ts = ts
+        for asset in sorted(self.pools):
+            pool = self.pools[asset]
+            if pool.borrowed <= 0:
+                continue
+            params = self.config.lending[asset]
+            rate = borrow_rate_ppm(params, pool.supplied, pool.borrowed)
+            ref = f"interest:{asset}:{ts}"
+            debtors = [
+                (aid, -bal)
+                for aid, acct in self.accounts.items()
+                if aid >= FIRST_USER_ACCOUNT and (bal := acct.balances.get(asset, 0)) < 0
+            ]
+            paid = 0
+            for aid, debt in debtors:
+                due = interest_due(debt, rate, elapsed)
+                if due:
+                    self._transfer(asset, aid, TREASURY, due, LedgerReason.INTEREST, ref)
+                    paid += due
+            share = paid * (LENDING_PPM - params.reserve_factor_ppm) // LENDING_PPM
+            supplied = pool.supplied
+            if share <= 0 or supplied <= 0:
+                continue
+            lenders = [
+                (aid, bal)
+                for aid, acct in self.accounts.items()
+                if aid >= FIRST_USER_ACCOUNT and (bal := acct.balances.get(asset, 0)) > 0
+            ]
+            for aid, bal in lenders:
+                earned = share * bal // supplied
+                if earned:
+                    self._transfer(asset, TREASURY, aid, earned, LedgerReason.INTEREST, ref)
 
     # ------------------------------------------------------------------- fees
     def _tier(self, acct: Account) -> FeeTier:
@@ -951,7 +1079,21 @@ class Exchange:
             "taker_fee_ppm": tier.taker_ppm,
             "open_orders": len(acct.live),
             "health": self.health(account_id),
+            "rates": self._balance_rates(acct),
         }
+
+    def _balance_rates(self, acct: Account) -> dict[str, int]:
+        """Per asset, ppm a year: the supply rate earned on a positive balance, minus the
+        borrow rate paid on a negative one, 0 on none."""
+        lending = self.lending_state()
+        out = {}
+        for asset in self.config.assets:
+            bal = acct.balance(asset)
+            pool = lending[asset]
+            out[asset] = (
+                pool["supply_rate_ppm"] if bal > 0 else -pool["borrow_rate_ppm"] if bal < 0 else 0
+            )
+        return out
 
     def health(self, account_id: int) -> dict[Level, int | None]:
         """The account's health at every level and its equity (engine/risk.py), at the last
@@ -964,9 +1106,57 @@ class Exchange:
             {a: e.price for a, e in self.oracle.prices.items()},
             {a: spec.decimals for a, spec in cfg.assets.items()},
             cfg.risk,
-            {},
+            self.borrow_rates(),
             cfg.quote_asset,
         )
+
+    def _initial_health(
+        self, acct: Account, change: dict[str, int], rates: dict[str, int]
+    ) -> int | None:
+        """Initial health after `change` to the balances, at fresh index prices only, with
+        each market's open orders counted as filled on the side that hurts more."""
+        cfg = self.config
+        balances = dict(acct.balances)
+        for asset, delta in change.items():
+            balances[asset] = balances.get(asset, 0) + delta
+        marks = {a: p for a in self.oracle.prices if (p := self.oracle.index(a)) is not None}
+        args = (
+            {a: spec.decimals for a, spec in cfg.assets.items()},
+            cfg.risk,
+            rates,
+            cfg.quote_asset,
+            Level.INITIAL,
+        )
+        sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        for o in acct.live.values():
+            spec = self.markets[o.market].spec
+            bids, asks = sides.setdefault(o.market, ({}, {}))
+            rem = o.remaining
+            if o.side is Side.BUY:  # fills: pays what it holds, gets the base
+                bids[spec.quote] = bids.get(spec.quote, 0) - o.hold
+                bids[spec.base] = bids.get(spec.base, 0) + rem
+            else:  # fills: gives the base, gets the notional less the top fee
+                notional = spec.notional(o.price, rem)
+                fee = ceil_div(notional * max(self._tier(acct).taker_ppm, 0), PPM)
+                asks[spec.base] = asks.get(spec.base, 0) - rem
+                asks[spec.quote] = asks.get(spec.quote, 0) + notional - fee
+        for market in sorted(sides):
+            worst: dict[str, int] | None = None
+            worst_health: int | None = None
+            for fill in sides[market]:
+                if not fill:
+                    continue
+                trial = dict(balances)
+                for asset, d in fill.items():
+                    trial[asset] = trial.get(asset, 0) + d
+                h = health(trial, [], marks, *args)
+                if h is None:
+                    return None
+                if worst_health is None or h < worst_health:
+                    worst, worst_health = fill, h
+            for asset, d in (worst or {}).items():
+                balances[asset] = balances.get(asset, 0) + d
+        return health(balances, [], marks, *args)
 
     def asset_totals(self) -> dict[str, tuple[int, int, int]]:
         """Per asset: (sum over user accounts, over system accounts, the external account).

@@ -1,7 +1,10 @@
 """The invariants that must hold after every command (property tests call `check`).
 
 * per asset, the sum of all balances (system accounts included) is exactly 0;
-* no user balance is negative and no `available` is negative (no lending yet);
+* a user balance is negative (a loan) only where no order holds that asset, and
+  `available` is never negative where something is held;
+* each lending pool's `supplied` / `borrowed` are the sums of the users' positive /
+  negative balances;
 * every hold equals the sum of what the account's live orders need;
 * no book is crossed; level totals and counts match their orders;
 * every resting order is live, belongs to a live account and is indexed.
@@ -22,14 +25,24 @@ if TYPE_CHECKING:
 def check(ex: Exchange) -> list[str]:
     problems: list[str] = []
     totals: dict[str, int] = defaultdict(int)
+    supplied: dict[str, int] = defaultdict(int)
+    borrowed: dict[str, int] = defaultdict(int)
     for acct in ex.accounts.values():
         for asset, bal in acct.balances.items():
             totals[asset] += bal
-            if acct.account_id >= FIRST_USER_ACCOUNT and bal < 0:
-                problems.append(f"account {acct.account_id} {asset} balance {bal} < 0")
-            if acct.available(asset) < 0 and acct.account_id >= FIRST_USER_ACCOUNT:
-                problems.append(f"account {acct.account_id} {asset} available < 0")
+            if acct.account_id < FIRST_USER_ACCOUNT:
+                continue
+            supplied[asset] += max(bal, 0)
+            borrowed[asset] += max(-bal, 0)
+            if acct.hold(asset) > 0 and acct.available(asset) < 0:
+                problems.append(f"account {acct.account_id} {asset} holds more than it has")
     problems += [f"{asset} does not conserve: sum {t}" for asset, t in totals.items() if t != 0]
+    for asset, pool in ex.pools.items():
+        if (pool.supplied, pool.borrowed) != (supplied[asset], borrowed[asset]):
+            problems.append(
+                f"{asset} pool says {pool.supplied} supplied / {pool.borrowed} borrowed, "
+                f"balances say {supplied[asset]} / {borrowed[asset]}"
+            )
 
     want_holds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for oid, o in ex.orders.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.fixedpoint import format_units, parse_units
+from engine.lending import DEFAULT_LENDING, LendingParams
 from engine.risk import DEFAULT_RISK, AssetRisk
 from engine.types import MarketKind
 
@@ -70,6 +71,9 @@ class ExchangeConfig:
     oracle_stale_ms: int = 15_000
     # Price shocks and slippage per non-quote asset (engine/risk.py, DESIGN section 7).
     risk: dict[str, AssetRisk] = field(default_factory=lambda: dict(DEFAULT_RISK))
+    # Lending pool rate curves per asset (engine/lending.py) and how often interest settles.
+    lending: dict[str, LendingParams] = field(default_factory=lambda: dict(DEFAULT_LENDING))
+    interest_interval_ms: int = 3_600_000
 
     @property
     def quote_asset(self) -> str:
@@ -113,6 +117,14 @@ class ExchangeConfig:
                 problems.append(f"{asset}: no risk parameters")
             else:
                 problems += params.problems(asset)
+        for asset in self.assets:
+            pool = self.lending.get(asset)
+            if pool is None:
+                problems.append(f"{asset}: no lending parameters")
+            else:
+                problems += pool.problems(asset)
+        if self.interest_interval_ms <= 0:
+            problems.append("interest_interval_ms must be positive")
         if 0 not in self.fee_tiers:
             problems.append("fee tier 0 (the default) is missing")
         return problems

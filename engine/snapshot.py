@@ -13,7 +13,7 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from engine.accounts import Account, ApiKey
+from engine.accounts import FIRST_USER_ACCOUNT, Account, ApiKey
 from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
 from engine.types import (
@@ -122,6 +122,7 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         "oracle": [
             [e.asset, e.price, e.ts, e.stale] for _, e in sorted(ex.oracle.prices.items())
         ],
+        "interest_ts": ex.interest_ts,
     }
 
 
@@ -161,6 +162,11 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     ex.signatures = OrderedDict((s, ts) for s, ts in snap["signatures"])
     for asset, price, ts, stale in snap.get("oracle", []):  # absent before the oracle existed
         ex.oracle.restore(asset, price, ts, stale)
+    ex.interest_ts = snap.get("interest_ts", ex.last_ts if ex.last_seq else None)
+    for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
+        if aid >= FIRST_USER_ACCOUNT:
+            for asset, bal in acct.balances.items():
+                ex.pools[asset].move(0, bal)
     return ex
 
 

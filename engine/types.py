@@ -151,6 +151,7 @@ class Reject(IntEnum):
     # 4xx: funds and risk
     INSUFFICIENT_BALANCE = 401
     INSUFFICIENT_MARGIN = 402
+    INSUFFICIENT_LIQUIDITY = 403
     # 5xx: accounts and keys
     UNKNOWN_ACCOUNT = 501
     API_KEY_NOT_FOUND = 502

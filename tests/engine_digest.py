@@ -18,8 +18,7 @@ import app  # noqa: F401  (selects the engine build before engine is imported)
 from app import native
 from engine import codec
 from engine.exchange import Exchange
-from tests.test_engine_differential import make_config
-from tests.test_replay_determinism import SEED, build_workload, typed
+from tests.test_replay_determinism import SEED, build_workload, replay_config, typed
 
 N_BASE = 6000
 
@@ -27,7 +26,7 @@ N_BASE = 6000
 def main(argv: list[str]) -> int:
     out_path = argv[0]
     restore = argv[2] if len(argv) > 2 and argv[1] == "--restore" else None
-    cfg = make_config(rebate=True)
+    cfg = replay_config(rebate=True)
     commands = build_workload(cfg, SEED, N_BASE)
     half = len(commands) // 2
     if restore is None:

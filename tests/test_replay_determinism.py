@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.accounts import TREASURY
 from engine.commands import (
     BatchCancel,
     BatchPlace,
@@ -42,10 +43,18 @@ from engine.commands import (
     SetOraclePrices,
     Withdraw,
 )
-from engine.events import BookDelta, Event, IndexStale, IndexUpdated, Rejected, TradeEvent
+from engine.events import (
+    BookDelta,
+    Event,
+    IndexStale,
+    IndexUpdated,
+    Rejected,
+    TradeEvent,
+    Transfer,
+)
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
-from engine.types import OrderType, Side, TimeInForce
+from engine.types import LedgerReason, OrderType, Side, TimeInForce
 from tests.test_engine_differential import CENTER, MARKETS, generate, make_config
 
 SEED = 20261121
@@ -78,7 +87,7 @@ class _Extras:
         users = sorted(a for a in ex.accounts if a >= 1000)
         kind = rng.choices(
             ("account", "fund", "order", "key", "revoke", "batch_cancel", "borrow", "oracle"),
-            (1, 3, 8, 2, 2, 4, 1, 2),
+            (1, 3, 8, 2, 2, 4, 3, 2),
         )[0]
         if kind == "account" or not self.new_accounts:
             key = self._id("key")
@@ -140,11 +149,14 @@ class _Extras:
             if rng.random() < 0.1:
                 prices.append(rng.choice((("USDC", 10**6), ("DOGE", 10**5), ("BTC", 0))))
             return SetOraclePrices(prices=tuple(prices))
-        if kind == "borrow":
+        if kind == "borrow":  # take out more than is available: a loan, when health allows
+            acct = rng.choice(users)
+            asset = rng.choice(("USDC", "USDC", "BTC", "ETH"))
+            extra = max(1, ex.pools[asset].free * rng.randint(5, 60) // 100)  # 5-60% of the pool
             return Withdraw(
-                account_id=rng.choice(users),
-                asset="USDC",
-                amount=1,
+                account_id=acct,
+                asset=asset,
+                amount=max(ex.accounts[acct].available(asset), 0) + extra,
                 withdrawal_id=self._id("wd"),
                 allow_borrow=True,
             )
@@ -158,6 +170,12 @@ class _Extras:
         if rng.random() < 0.2:
             cancels.append(CancelOrder(account_id=acct, client_order_id="c3"))
         return BatchCancel(account_id=acct, cancels=tuple(cancels))
+
+
+def replay_config(rebate: bool) -> ExchangeConfig:
+    """The differential config with interest settled every minute, so loans pay and
+    suppliers earn within the workload's ~20 minutes."""
+    return dataclasses.replace(make_config(rebate=rebate), interest_interval_ms=60_000)
 
 
 def build_workload(cfg: ExchangeConfig, seed: int, n_base: int) -> list[Command]:
@@ -198,7 +216,7 @@ class Original:
 
 @pytest.fixture(scope="module")
 def original() -> Original:
-    cfg = make_config(rebate=False)
+    cfg = replay_config(rebate=False)
     commands = build_workload(cfg, SEED, N_BASE)
     ex = Exchange(cfg)
     events: list[list[Event]] = []
@@ -244,6 +262,9 @@ def test_workload_is_mixed(original: Original) -> None:
     assert sum(isinstance(e, Rejected) for e in flat) > 500
     assert sum(isinstance(e, IndexUpdated) for e in flat) > 50
     assert sum(isinstance(e, IndexStale) for e in flat) > 10
+    interest = [e for e in flat if isinstance(e, Transfer) and e.reason is LedgerReason.INTEREST]
+    assert sum(t.to_account == TREASURY for t in interest) > 5  # borrowers paid
+    assert sum(t.from_account == TREASURY for t in interest) > 5  # suppliers earned
     assert len(original.snapshots) >= 10
 
 

@@ -65,7 +65,7 @@ async def account(request: Request, who: Principal = Depends(signed("read"))) ->
                 "balance": format_units(bal, dec),
                 "hold": format_units(hold, dec),
                 "available": format_units(bal - hold, dec),
-                "rate": "0",
+                "rate": format_units(state["rates"][asset], 6),
             }
         )
     return {

@@ -29,7 +29,7 @@ from engine import commands as c
 from engine.events import AccountCreated, Event, IdempotentReplay, Rejected, Transfer
 from engine.exchange import Exchange
 from engine.fixedpoint import format_units
-from engine.types import MarketState
+from engine.types import LedgerReason, MarketState
 
 router = APIRouter(prefix="/v1/admin", tags=["operator"])
 ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
@@ -46,8 +46,10 @@ def money_result(
     """`{"entry", "replayed"}` of a deposit or withdrawal: 201 when it moved money, 200 for an
     idempotent retry (the original entry, nothing changed); rejections raise."""
     raise_rejection(events)
-    for e in events:
-        if isinstance(e, IdempotentReplay | Transfer):
+    for e in events:  # (interest settled first by the same command is not the answer)
+        if isinstance(e, IdempotentReplay) or (
+            isinstance(e, Transfer) and e.reason in (LedgerReason.DEPOSIT, LedgerReason.WITHDRAWAL)
+        ):
             replayed = isinstance(e, IdempotentReplay)
             transfer = e.original if isinstance(e, IdempotentReplay) else e
             response.status_code = 200 if replayed else 201

@@ -16,7 +16,8 @@ from app.api.deps import market_spec, public_limit, runtime
 from app.api.schemas import error_responses
 from app.errors import ApiError
 from app.metrics import render_metrics
-from app.views import market_wire
+from app.sequencer import ServiceUnavailable
+from app.views import lending_wire, market_wire
 
 router = APIRouter(prefix="/v1", tags=["public"], dependencies=[Depends(public_limit)])
 metrics_router = APIRouter(tags=["public"])
@@ -61,6 +62,19 @@ async def assets(request: Request) -> dict[str, Any]:
             for a in rt.config.assets.values()
         ]
     }
+
+
+@router.get("/lending", responses=error_responses(503), summary="Lending pools and rates")
+async def lending(request: Request) -> dict[str, Any]:
+    rt = runtime(request)
+    if rt.sequencer is None:
+        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    try:
+        state = await rt.sequencer.query(lambda ex: ex.lending_state())
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+    return {"pools": [lending_wire(asset, rt.config.assets[asset].decimals, pool)
+                      for asset, pool in state.items()]}  # fmt: skip
 
 
 @router.get("/markets", summary="Markets with tick, lot, minimum size, kind and state")

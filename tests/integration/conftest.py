@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests import dbutil
 from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
 
 _names = itertools.count(1)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _database(kind: str, tmp: Path) -> Iterator[str]:
@@ -47,6 +49,17 @@ def start_server(
             yield server
         finally:
             server.stop()
+
+
+def start_server_with_markets(
+    kind: str, tmp: Path, overrides: dict[str, Any], extra_env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """`start_server` with markets.example.json plus `overrides` as its markets file."""
+    markets = json.loads((ROOT / "markets.example.json").read_text())
+    markets.update(overrides)
+    (tmp / "markets.json").write_text(json.dumps(markets))
+    env = {"EXCHANGE_MARKETS": str(tmp / "markets.json"), **(extra_env or {})}
+    yield from start_server(kind, tmp, env)
 
 
 @pytest.fixture(

@@ -9,16 +9,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exchange_client import ApiError, AsyncExchangeClient, ExchangeWebSocket
-from tests.integration.conftest import MakeTrader, start_server
+from tests.integration.conftest import ROOT, MakeTrader, start_server_with_markets
 from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 ORACLE_KEY, ORACLE_SECRET = "oracle-test-key", "oracle-test-secret-0123456789abcdef"
 BTC = "BTC-USDC"
 
@@ -31,15 +29,8 @@ def server(
 ) -> Iterator[ServerProcess]:
     """A server whose index prices go stale after 1 s, with an oracle-only key."""
     tmp = tmp_path_factory.mktemp(f"oracle-{request.param}")
-    markets = json.loads((ROOT / "markets.example.json").read_text())
-    markets["oracle_stale_s"] = 1
-    (tmp / "markets.json").write_text(json.dumps(markets))
-    env = {
-        "EXCHANGE_MARKETS": str(tmp / "markets.json"),
-        "EXCHANGE_ORACLE_KEY": ORACLE_KEY,
-        "EXCHANGE_ORACLE_SECRET": ORACLE_SECRET,
-    }
-    yield from start_server(request.param, tmp, env)
+    env = {"EXCHANGE_ORACLE_KEY": ORACLE_KEY, "EXCHANGE_ORACLE_SECRET": ORACLE_SECRET}
+    yield from start_server_with_markets(request.param, tmp, {"oracle_stale_s": 1}, env)
 
 
 @pytest.fixture
