@@ -38,7 +38,8 @@ from engine.events import (
 )
 from engine.fixedpoint import format_units
 from engine.markets import ExchangeConfig, MarketSpec
-from engine.types import MarketState
+from engine.positions import mark_price
+from engine.types import MarketKind, MarketState
 from exchange_client.checksum import CHECKSUM_DEPTH, normalize
 
 INTERVALS: dict[str, int] = {"1m": 60_000, "5m": 300_000, "1h": 3_600_000}
@@ -318,6 +319,11 @@ class MarketData:
         day = self._last_day(market, now_ts)
         last = self._last.get(market)
         index = self.indexes.get(spec.base)
+        mark = None
+        if spec.kind is MarketKind.PERP:
+            mark = mark_price(
+                index[0] if index else None, bid[0] if bid else None, ask[0] if ask else None
+            )
         change = pct = None
         if day is not None and last is not None:
             change = fp(last - day.open)
@@ -331,7 +337,7 @@ class MarketData:
             "best_ask": fp(ask[0]) if ask else None,
             "best_ask_size": spec.fmt_size(ask[1]) if ask else None,
             "last": fp(last) if last is not None else None,
-            "mark": None,
+            "mark": fp(mark) if mark is not None else None,
             "index": fp(index[0]) if index else None,
             "index_ts": index[1] if index else None,
             "index_stale": index[2] if index else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.book import Order
+from engine.positions import Position
 from engine.types import StpMode
 
 EXTERNAL = 1  # the world outside: the other side of deposits and withdrawals
@@ -18,12 +19,14 @@ FEES = 2
 INSURANCE = 3
 TREASURY = 4
 FUNDING = 5
+PNL_CLEARING = 6  # the other side of realized perp PnL (engine/positions.py)
 SYSTEM_ACCOUNTS: dict[int, str] = {
     EXTERNAL: "external",
     FEES: "fees",
     INSURANCE: "insurance",
     TREASURY: "treasury",
     FUNDING: "funding",
+    PNL_CLEARING: "pnl_clearing",
 }
 FIRST_USER_ACCOUNT = 1000
 
@@ -40,6 +43,7 @@ class Account:
         "holds",
         "live",
         "client_ids",
+        "positions",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
@@ -53,6 +57,7 @@ class Account:
         self.holds: dict[str, int] = {}
         self.live: dict[int, Order] = {}  # live orders by id
         self.client_ids: dict[str, int] = {}  # client order id -> live order id
+        self.positions: dict[str, Position] = {}  # perp market -> position (kept when flat)
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)

@@ -20,6 +20,7 @@ from engine.accounts import (
     EXTERNAL,
     FEES,
     FIRST_USER_ACCOUNT,
+    PNL_CLEARING,
     SYSTEM_ACCOUNTS,
     TREASURY,
     Account,
@@ -55,7 +56,8 @@ from engine.lending import (
 )
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
-from engine.risk import Level, all_levels, health
+from engine.positions import Position, mark_price
+from engine.risk import Level, PerpExposure, health
 from engine.types import (
     CancelReason,
     LedgerReason,
@@ -496,8 +498,8 @@ class Exchange:
         size: int | None = None,
     ) -> int:
         """What `o` must hold now, or at `price`/`size` if given (an amend being judged)."""
-        if not o.status.is_live:
-            return 0
+        if not o.status.is_live or spec.kind is MarketKind.PERP:
+            return 0  # a perp order holds nothing: margin (initial health) stands behind it
         remaining = (o.size if size is None else size) - o.filled
         if o.side is Side.SELL:
             return remaining
@@ -525,10 +527,12 @@ class Exchange:
         spec = market.spec
         if cmd.type not in (OrderType.LIMIT, OrderType.MARKET):
             raise _Refused(
-                Reject.UNSUPPORTED_ORDER_TYPE, f"{cmd.type.value} orders need a perp market"
+                Reject.UNSUPPORTED_ORDER_TYPE, f"{cmd.type.value} orders are not supported yet"
             )
         if cmd.reduce_only and spec.kind is MarketKind.SPOT:
             raise _Refused(Reject.REDUCE_ONLY_NOT_SPOT)
+        if spec.kind is MarketKind.PERP:
+            self._check_perp_order(cmd, acct, spec)
         if cmd.size <= 0 or cmd.size > MAX_UNITS:
             raise _Refused(Reject.INVALID_SIZE, "size must be positive and not absurdly large")
         if cmd.size % spec.lot:
@@ -564,6 +568,27 @@ class Exchange:
         if cmd.tif is TimeInForce.POST_ONLY and self._crosses(market.book, cmd.side, price):
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
         return market, price
+
+    def _check_perp_order(self, cmd: c.PlaceOrder, acct: Account, spec: MarketSpec) -> None:
+        """A stale (or missing) index lets only reduce-only orders in; a reduce-only order
+        is immediate (ioc/fok) and may only shrink the position it faces."""
+        if not cmd.reduce_only and self.oracle.index(spec.base) is None:
+            raise _Refused(
+                Reject.MARKET_REDUCE_ONLY, f"the {spec.base} index is stale: reduce-only orders"
+            )
+        if not cmd.reduce_only:
+            return
+        if cmd.tif not in (TimeInForce.IOC, TimeInForce.FOK):
+            raise _Refused(
+                Reject.INVALID_TIME_IN_FORCE, "reduce-only orders are ioc or fok (or market)"
+            )
+        pos = acct.positions.get(spec.symbol)
+        size = pos.size if pos is not None else 0
+        if size == 0 or (size > 0) == (cmd.side is Side.BUY) or cmd.size > abs(size):
+            raise _Refused(
+                Reject.REDUCE_ONLY_WOULD_INCREASE,
+                f"the position is {spec.fmt_size(size)}: a reduce-only order may only shrink it",
+            )
 
     def _check_price(self, price: int, spec: MarketSpec) -> None:
         if price <= 0 or price > MAX_UNITS:
@@ -663,9 +688,18 @@ class Exchange:
             cmd.expire_ts,
             self._ts,
         )
+        o.reduce_only = cmd.reduce_only
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
-        if not funds_checked and acct.available(hold_asset) < need:
+        if spec.kind is MarketKind.PERP and not cmd.reduce_only and not funds_checked:
+            after = self._initial_health(acct, {}, self.borrow_rates(), extra=o)
+            if after is None or after < 0:
+                raise _Refused(
+                    Reject.INSUFFICIENT_MARGIN,
+                    "initial health with the order filled would be "
+                    + ("unknown (no fresh index price)" if after is None else f"{after}"),
+                )
+        if not funds_checked and need > 0 and acct.available(hold_asset) < need:
             raise _Refused(
                 Reject.INSUFFICIENT_BALANCE,
                 f"needs {need} {hold_asset} available, has {acct.available(hold_asset)}",
@@ -785,8 +819,12 @@ class Exchange:
             (t.account_id, m.account_id) if t.side is Side.BUY else (m.account_id, t.account_id)
         )
         ref = f"trade:{trade_id}"
-        self._transfer(spec.quote, buyer, seller, notional, LedgerReason.TRADE, ref)
-        self._transfer(spec.base, seller, buyer, q, LedgerReason.TRADE, ref)
+        if spec.kind is MarketKind.PERP:
+            self._perp_fill(self.accounts[buyer], spec, q, price, ref)
+            self._perp_fill(self.accounts[seller], spec, -q, price, ref)
+        else:
+            self._transfer(spec.quote, buyer, seller, notional, LedgerReason.TRADE, ref)
+            self._transfer(spec.base, seller, buyer, q, LedgerReason.TRADE, ref)
         if taker_fee > 0:
             self._transfer(spec.quote, t.account_id, FEES, taker_fee, LedgerReason.FEE, ref)
         if maker_fee > 0:
@@ -802,6 +840,17 @@ class Exchange:
             m.status = OrderStatus.PARTIALLY_FILLED
         self._refresh_hold(m, spec, m_acct)
         self._events.append(OrderUpdate(m.view()))
+
+    def _perp_fill(self, acct: Account, spec: MarketSpec, qty: int, price: int, ref: str) -> None:
+        """Move `acct`'s position by `qty` at `price`; realized PnL goes through clearing."""
+        pos = acct.positions.get(spec.symbol)
+        if pos is None:
+            pos = acct.positions[spec.symbol] = Position(spec.symbol)
+        pnl = pos.fill(qty, price, spec.base_unit)
+        if pnl > 0:
+            self._transfer(spec.quote, PNL_CLEARING, acct.account_id, pnl, LedgerReason.TRADE, ref)
+        elif pnl < 0:
+            self._transfer(spec.quote, acct.account_id, PNL_CLEARING, -pnl, LedgerReason.TRADE, ref)
 
     def _drop_live(self, o: Order, acct: Account) -> None:
         """The order has finished: out of the live indexes, into the finished window."""
@@ -978,6 +1027,7 @@ class Exchange:
                 )
         used: dict[int, int] = {}
         avail: dict[str, int] = {}
+        margin_change: dict[str, int] = {}  # balances and "M:size"/"M:notional" after all legs
         legs: list[c.PlaceOrder] = []
         taker_ppm = max(self._tier(acct).taker_ppm, 0)
         for i, item in enumerate(cmd.orders):
@@ -1000,8 +1050,19 @@ class Exchange:
             if filled < item.size:
                 raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: the book cannot fill it")
             fee = ceil_div(notional * taker_ppm, PPM)
+            if spec.kind is MarketKind.PERP:  # judged by margin, all legs together, below
+                sign = 1 if item.side is Side.BUY else -1
+                for key, d in (
+                    (spec.symbol + ":size", sign * item.size),
+                    (spec.symbol + ":notional", sign * notional),
+                    (spec.quote, -fee),
+                ):
+                    margin_change[key] = margin_change.get(key, 0) + d
+                legs.append(item if item.price is not None else replace(item, price=price))
+                continue
             for asset in (spec.base, spec.quote):
                 avail.setdefault(asset, acct.available(asset))
+                margin_change[asset] = margin_change.get(asset, 0)
             if item.side is Side.BUY:
                 avail[spec.quote] -= notional + fee
                 avail[spec.base] += item.size
@@ -1011,7 +1072,18 @@ class Exchange:
             short = sorted(a for a, v in avail.items() if v < 0)
             if short:
                 raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: insufficient {short[0]}")
+            margin_change[spec.base] += item.size if item.side is Side.BUY else -item.size
+            margin_change[spec.quote] += -(notional + fee) if item.side is Side.BUY else (
+                notional - fee)  # fmt: skip
             legs.append(item if item.price is not None else replace(item, price=price))
+        if any(k.endswith(":size") for k in margin_change):
+            after = self._initial_health(acct, margin_change, self.borrow_rates())
+            if after is None or after < 0:
+                raise _Refused(
+                    Reject.ATOMIC_BATCH_FAILED,
+                    "initial health after the batch would be "
+                    + ("unknown (no fresh index price)" if after is None else f"{after}"),
+                )
         for i, leg in enumerate(legs):
             self._events.append(BatchItem(i))
             self._place(leg, cmd.account_id, funds_checked=True)
@@ -1080,7 +1152,28 @@ class Exchange:
             "open_orders": len(acct.live),
             "health": self.health(account_id),
             "rates": self._balance_rates(acct),
+            "positions": self._positions_view(acct),
         }
+
+    def _positions_view(self, acct: Account) -> list[dict[str, Any]]:
+        """Open perp positions with entry price, mark and unrealized PnL (integers)."""
+        out = []
+        for market, pos in sorted(acct.positions.items()):
+            if not pos.size:
+                continue
+            unit = self.markets[market].spec.base_unit
+            mark = self.mark(market)
+            out.append(
+                {
+                    "market": market,
+                    "size": pos.size,
+                    "entry_price": pos.entry_price(unit),
+                    "mark_price": mark,
+                    "unrealized_pnl": pos.unrealized(mark, unit) if mark is not None else None,
+                    "realized_pnl": pos.realized,
+                }
+            )
+        return out
 
     def _balance_rates(self, acct: Account) -> dict[str, int]:
         """Per asset, ppm a year: the supply rate earned on a positive balance, minus the
@@ -1099,64 +1192,118 @@ class Exchange:
         """The account's health at every level and its equity (engine/risk.py), at the last
         index prices (stale ones too: the view says which are stale)."""
         acct = self.accounts[account_id]
-        cfg = self.config
-        return all_levels(
-            {a: b for a, b in acct.balances.items() if b},
-            [],
-            {a: e.price for a, e in self.oracle.prices.items()},
-            {a: spec.decimals for a, spec in cfg.assets.items()},
-            cfg.risk,
-            self.borrow_rates(),
-            cfg.quote_asset,
-        )
+        state = dict(acct.balances)
+        for m, pos in acct.positions.items():
+            if pos.size:
+                state[m + ":size"], state[m + ":notional"] = pos.size, pos.open_notional
+        rates = self.borrow_rates()
+        return {level: self._state_health(state, rates, level, fresh=False) for level in Level}
 
     def _initial_health(
-        self, acct: Account, change: dict[str, int], rates: dict[str, int]
+        self,
+        acct: Account,
+        change: dict[str, int],
+        rates: dict[str, int],
+        extra: Order | None = None,
     ) -> int | None:
-        """Initial health after `change` to the balances, at fresh index prices only, with
-        each market's open orders counted as filled on the side that hurts more."""
-        cfg = self.config
-        balances = dict(acct.balances)
-        for asset, delta in change.items():
-            balances[asset] = balances.get(asset, 0) + delta
-        marks = {a: p for a in self.oracle.prices if (p := self.oracle.index(a)) is not None}
-        args = (
-            {a: spec.decimals for a, spec in cfg.assets.items()},
-            cfg.risk,
-            rates,
-            cfg.quote_asset,
-            Level.INITIAL,
-        )
+        """Initial health after `change` to the balances (and with order `extra`), at fresh
+        index prices only, with each market's open orders counted as filled on the side
+        that hurts more. Perp fills move the position ("M:size", "M:notional" keys) and
+        pay the top fee; realizing PnL is a transfer inside the account, so it is left out."""
+        state = dict(acct.balances)
+        for key, delta in change.items():
+            state[key] = state.get(key, 0) + delta
+        for m, pos in acct.positions.items():
+            if pos.size:
+                state[m + ":size"], state[m + ":notional"] = pos.size, pos.open_notional
+        top_fee = max(self._tier(acct).taker_ppm, 0)
         sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
-        for o in acct.live.values():
+        for o in [*acct.live.values(), *([extra] if extra is not None else [])]:
             spec = self.markets[o.market].spec
             bids, asks = sides.setdefault(o.market, ({}, {}))
+            fill = bids if o.side is Side.BUY else asks
             rem = o.remaining
-            if o.side is Side.BUY:  # fills: pays what it holds, gets the base
-                bids[spec.quote] = bids.get(spec.quote, 0) - o.hold
-                bids[spec.base] = bids.get(spec.base, 0) + rem
-            else:  # fills: gives the base, gets the notional less the top fee
-                notional = spec.notional(o.price, rem)
-                fee = ceil_div(notional * max(self._tier(acct).taker_ppm, 0), PPM)
-                asks[spec.base] = asks.get(spec.base, 0) - rem
-                asks[spec.quote] = asks.get(spec.quote, 0) + notional - fee
+            notional = spec.notional(o.price, rem)
+            fee = ceil_div(notional * top_fee, PPM)
+            if spec.kind is MarketKind.PERP:
+                sign = 1 if o.side is Side.BUY else -1
+                fill[o.market + ":size"] = fill.get(o.market + ":size", 0) + sign * rem
+                fill[o.market + ":notional"] = fill.get(o.market + ":notional", 0) + sign * notional
+                fill[spec.quote] = fill.get(spec.quote, 0) - fee
+            elif o.side is Side.BUY:  # pays at most what it holds, gets the base
+                need = o.hold if o is not extra else notional + fee
+                fill[spec.quote] = fill.get(spec.quote, 0) - need
+                fill[spec.base] = fill.get(spec.base, 0) + rem
+            else:  # gives the base, gets the notional less the top fee
+                fill[spec.base] = fill.get(spec.base, 0) - rem
+                fill[spec.quote] = fill.get(spec.quote, 0) + notional - fee
         for market in sorted(sides):
             worst: dict[str, int] | None = None
             worst_health: int | None = None
             for fill in sides[market]:
                 if not fill:
                     continue
-                trial = dict(balances)
-                for asset, d in fill.items():
-                    trial[asset] = trial.get(asset, 0) + d
-                h = health(trial, [], marks, *args)
+                trial = dict(state)
+                for key, d in fill.items():
+                    trial[key] = trial.get(key, 0) + d
+                h = self._state_health(trial, rates, Level.INITIAL, fresh=True)
                 if h is None:
                     return None
                 if worst_health is None or h < worst_health:
                     worst, worst_health = fill, h
-            for asset, d in (worst or {}).items():
-                balances[asset] = balances.get(asset, 0) + d
-        return health(balances, [], marks, *args)
+            for key, d in (worst or {}).items():
+                state[key] = state.get(key, 0) + d
+        return self._state_health(state, rates, Level.INITIAL, fresh=True)
+
+    def _state_health(
+        self, state: dict[str, int], rates: dict[str, int], level: Level, fresh: bool
+    ) -> int | None:
+        """engine/risk.py on balances and "M:size"/"M:notional" positions, at the index
+        prices (only fresh ones if `fresh`) and each perp's mark."""
+        cfg = self.config
+        marks = self._index_marks(fresh)
+        balances: dict[str, int] = {}
+        perps: list[PerpExposure] = []
+        for key, value in state.items():
+            if ":" not in key:
+                if value:
+                    balances[key] = value
+            elif key.endswith(":size") and value:
+                market = key[: -len(":size")]
+                spec = self.markets[market].spec
+                mark = self._perp_mark(market, marks)
+                if mark is None:
+                    return None
+                upnl = value * mark // spec.base_unit - state.get(market + ":notional", 0)
+                perps.append(PerpExposure(spec.base, value, mark, upnl))
+        return health(
+            balances,
+            perps,
+            marks,
+            {a: spec.decimals for a, spec in cfg.assets.items()},
+            cfg.risk,
+            rates,
+            cfg.quote_asset,
+            level,
+        )
+
+    def _index_marks(self, fresh: bool) -> dict[str, int]:
+        if fresh:
+            return {a: p for a in self.oracle.prices if (p := self.oracle.index(a)) is not None}
+        return {a: e.price for a, e in self.oracle.prices.items()}
+
+    def _perp_mark(self, market: str, marks: dict[str, int]) -> int | None:
+        m = self.markets[market]
+        bid, ask = m.book.best(Side.BUY), m.book.best(Side.SELL)
+        return mark_price(
+            marks.get(m.spec.base),
+            bid.price if bid is not None else None,
+            ask.price if ask is not None else None,
+        )
+
+    def mark(self, market: str) -> int | None:
+        """A perp's mark price now (from the last index, stale or not)."""
+        return self._perp_mark(market, self._index_marks(False))
 
     def asset_totals(self) -> dict[str, tuple[int, int, int]]:
         """Per asset: (sum over user accounts, over system accounts, the external account).

@@ -3,6 +3,7 @@
 * per asset, the sum of all balances (system accounts included) is exactly 0;
 * a user balance is negative (a loan) only where no order holds that asset, and
   `available` is never negative where something is held;
+* per perp market, the positions sum to exactly 0;
 * each lending pool's `supplied` / `borrowed` are the sums of the users' positive /
   negative balances;
 * every hold equals the sum of what the account's live orders need;
@@ -37,6 +38,11 @@ def check(ex: Exchange) -> list[str]:
             if acct.hold(asset) > 0 and acct.available(asset) < 0:
                 problems.append(f"account {acct.account_id} {asset} holds more than it has")
     problems += [f"{asset} does not conserve: sum {t}" for asset, t in totals.items() if t != 0]
+    sizes: dict[str, int] = defaultdict(int)
+    for acct in ex.accounts.values():
+        for perp, pos in acct.positions.items():
+            sizes[perp] += pos.size
+    problems += [f"{m} positions sum to {n}, not 0" for m, n in sorted(sizes.items()) if n]
     for asset, pool in ex.pools.items():
         if (pool.supplied, pool.borrowed) != (supplied[asset], borrowed[asset]):
             problems.append(

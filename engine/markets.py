@@ -102,6 +102,8 @@ class ExchangeConfig:
                 )
             if m.min_size < m.lot or m.min_size % m.lot != 0:
                 problems.append(f"{m.symbol}: min_size must be a positive multiple of lot")
+            if m.kind is MarketKind.PERP and m.quote != self.quote_asset:
+                problems.append(f"{m.symbol}: a perp settles in the quote asset of every market")
         for tier_id, tier in self.fee_tiers.items():
             if tier.taker_ppm < 0 or tier.taker_ppm + tier.maker_ppm < 0:
                 problems.append(f"fee tier {tier_id}: rebate larger than the taker fee")
@@ -162,11 +164,14 @@ def default_config() -> ExchangeConfig:
         "ETH": AssetSpec("ETH", 8),
         "SOL": AssetSpec("SOL", 8),
     }
-    spot = MarketKind.SPOT  # perpetuals arrive with the unified-margin work (issue 4)
+    spot, perp = MarketKind.SPOT, MarketKind.PERP
     markets = [
         _market("BTC-USDC", spot, "BTC", "USDC", "0.1", "0.0001", "0.0001", assets),
         _market("ETH-USDC", spot, "ETH", "USDC", "0.01", "0.001", "0.001", assets),
         _market("SOL-USDC", spot, "SOL", "USDC", "0.001", "0.01", "0.01", assets),
+        _market("BTC-PERP", perp, "BTC", "USDC", "0.1", "0.0001", "0.0001", assets),
+        _market("ETH-PERP", perp, "ETH", "USDC", "0.01", "0.001", "0.001", assets),
+        _market("SOL-PERP", perp, "SOL", "USDC", "0.001", "0.01", "0.01", assets),
     ]
     return ExchangeConfig(
         assets=assets,

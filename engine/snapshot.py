@@ -13,9 +13,10 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from engine.accounts import FIRST_USER_ACCOUNT, Account, ApiKey
+from engine.accounts import FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, Account, ApiKey
 from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
+from engine.positions import Position
 from engine.types import (
     LedgerReason,
     MarketState,
@@ -123,6 +124,11 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             [e.asset, e.price, e.ts, e.stale] for _, e in sorted(ex.oracle.prices.items())
         ],
         "interest_ts": ex.interest_ts,
+        "positions": [
+            [a.account_id, m, p.size, p.open_notional, p.realized]
+            for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
+            for m, p in sorted(a.positions.items())
+        ],
     }
 
 
@@ -163,6 +169,10 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     for asset, price, ts, stale in snap.get("oracle", []):  # absent before the oracle existed
         ex.oracle.restore(asset, price, ts, stale)
     ex.interest_ts = snap.get("interest_ts", ex.last_ts if ex.last_seq else None)
+    for aid, name in SYSTEM_ACCOUNTS.items():  # system accounts added since the snapshot
+        ex.accounts.setdefault(aid, Account(aid, name, 0, 0))
+    for aid, market, size, open_notional, realized in snap.get("positions", []):
+        ex.accounts[aid].positions[market] = Position(market, size, open_notional, realized)
     for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():

@@ -358,13 +358,15 @@ def test_market_state(md: MarketData) -> None:
 
 def test_index_prices_update_the_tickers_of_markets_on_that_asset(md: MarketData) -> None:
     out = decoded(md.on_command(5, H, [IndexUpdated("BTC", px("65000.5"), H)]))
-    assert [c for c, _ in out] == ["ticker:BTC-USDC"]
+    assert [c for c, _ in out] == ["ticker:BTC-USDC", "ticker:BTC-PERP"]
+    perp = out[1][1]
+    assert (perp["index"], perp["mark"]) == ("65000.5", "65000.5")  # empty book: the index
     ticker = out[0][1]
     assert (ticker["index"], ticker["index_ts"], ticker["index_stale"]) == ("65000.5", H, False)
     assert md.index_wire("BTC", 6) == {"price": "65000.5", "ts": H, "stale": False}
     assert md.index_wire("ETH", 6) is None
     out = decoded(md.on_command(6, H + 20_000, [IndexStale("BTC", px("65000.5"), H, H + 20_000)]))
-    assert [c for c, _ in out] == ["ticker:BTC-USDC"]
+    assert [c for c, _ in out] == ["ticker:BTC-USDC", "ticker:BTC-PERP"]
     assert (out[0][1]["index"], out[0][1]["index_stale"]) == ("65000.5", True)
     assert md.index_wire("BTC", 6) == {"price": "65000.5", "ts": H, "stale": True}
     assert decoded(md.on_command(7, H, [IndexUpdated("DOGE", 1, H)])) == []

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.accounts import TREASURY
+from engine.accounts import PNL_CLEARING, TREASURY
 from engine.commands import (
     BatchCancel,
     BatchPlace,
@@ -86,8 +86,9 @@ class _Extras:
         rng, ex = self.rng, self.shadow
         users = sorted(a for a in ex.accounts if a >= 1000)
         kind = rng.choices(
-            ("account", "fund", "order", "key", "revoke", "batch_cancel", "borrow", "oracle"),
-            (1, 3, 8, 2, 2, 4, 3, 2),
+            ("account", "fund", "order", "key", "revoke", "batch_cancel", "borrow", "oracle",
+             "perp"),
+            (1, 3, 8, 2, 2, 4, 3, 4, 10),
         )[0]
         if kind == "account" or not self.new_accounts:
             key = self._id("key")
@@ -142,6 +143,30 @@ class _Extras:
                 acct = rng.choice(users)
                 self.keys.append((acct, key))
             return RevokeApiKey(account_id=acct, api_key=key)
+        if kind == "perp" and self.funded:  # around the index; margin decides, reduce-only too
+            market = rng.choice(("BTC-PERP", "ETH-PERP"))
+            spec = self.cfg.markets[market]
+            entry = ex.oracle.prices.get(spec.base)
+            index = entry.price if entry is not None else {"BTC": 50_000, "ETH": 3_000}[
+                spec.base] * 10**6  # fmt: skip
+            acct = rng.choice(sorted(self.funded | set(users[:4])))
+            pos = ex.accounts[acct].positions.get(market)
+            reduce = pos is not None and pos.size != 0 and rng.random() < 0.3
+            side = (Side.SELL if pos.size > 0 else Side.BUY) if reduce and pos else rng.choice(
+                (Side.BUY, Side.SELL))  # fmt: skip
+            size = min(abs(pos.size), spec.min_size * 3) if reduce and pos else (
+                spec.min_size * rng.randint(1, 30))  # fmt: skip
+            price = (index // spec.tick + rng.randint(-20, 20)) * spec.tick
+            return PlaceOrder(
+                account_id=acct,
+                market=market,
+                side=side,
+                size=size,
+                type=OrderType.LIMIT,
+                price=price,
+                tif=TimeInForce.IOC if reduce or rng.random() < 0.4 else TimeInForce.GTC,
+                reduce_only=reduce,
+            )
         if kind == "oracle":  # index prices; sometimes refused (quote asset, unknown, zero)
             base = {"BTC": 50_000, "ETH": 3_000, "SOL": 150}
             assets = rng.sample(sorted(base), rng.randint(1, 3))
@@ -174,8 +199,11 @@ class _Extras:
 
 def replay_config(rebate: bool) -> ExchangeConfig:
     """The differential config with interest settled every minute, so loans pay and
-    suppliers earn within the workload's ~20 minutes."""
-    return dataclasses.replace(make_config(rebate=rebate), interest_interval_ms=60_000)
+    suppliers earn within the workload's ~20 minutes, and index prices fresh for a
+    minute, so perps trade between (rarer) stale spells."""
+    return dataclasses.replace(
+        make_config(rebate=rebate), interest_interval_ms=60_000, oracle_stale_ms=60_000
+    )
 
 
 def build_workload(cfg: ExchangeConfig, seed: int, n_base: int) -> list[Command]:
@@ -265,6 +293,14 @@ def test_workload_is_mixed(original: Original) -> None:
     interest = [e for e in flat if isinstance(e, Transfer) and e.reason is LedgerReason.INTEREST]
     assert sum(t.to_account == TREASURY for t in interest) > 5  # borrowers paid
     assert sum(t.from_account == TREASURY for t in interest) > 5  # suppliers earned
+    perp_trades = [e for e in flat if isinstance(e, TradeEvent) and e.market.endswith("-PERP")]
+    assert len(perp_trades) > 10
+    pnl = [
+        e
+        for e in flat
+        if isinstance(e, Transfer) and PNL_CLEARING in (e.from_account, e.to_account)
+    ]
+    assert len(pnl) > 2  # positions reduced or flipped: PnL through clearing
     assert len(original.snapshots) >= 10
 
 

@@ -24,6 +24,7 @@ from app.api.deps import (
 )
 from app.api.schemas import KeyRequest, SettingsRequest, WithdrawalRequest, error_responses
 from app.errors import ApiError
+from app.runtime import Runtime
 from app.sequencer import ServiceUnavailable
 from app.store import queries
 from app.views import fill_row_wire, ledger_row_wire
@@ -34,6 +35,26 @@ from engine.types import StpMode
 
 router = APIRouter(prefix="/v1", tags=["account"])
 ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
+
+
+def position_wire(rt: Runtime, p: dict[str, Any]) -> dict[str, Any]:
+    spec = rt.config.markets[p["market"]]
+    quote = rt.config.assets[spec.quote].decimals
+
+    def price(v: int | None) -> str | None:
+        return None if v is None else spec.fmt_price(v)
+
+    return {
+        "market": p["market"],
+        "size": spec.fmt_size(p["size"]),
+        "entry_price": price(p["entry_price"]),
+        "mark_price": price(p["mark_price"]),
+        "unrealized_pnl": None
+        if p["unrealized_pnl"] is None
+        else format_units(p["unrealized_pnl"], quote),
+        "realized_pnl": format_units(p["realized_pnl"], quote),
+        "liquidation_price": None,
+    }
 
 
 def health_wire(levels: dict[Any, int | None], decimals: int) -> dict[str, str | None]:
@@ -72,7 +93,7 @@ async def account(request: Request, who: Principal = Depends(signed("read"))) ->
         "account_id": str(aid),
         "name": state["name"],
         "balances": balances,
-        "positions": [],
+        "positions": [position_wire(rt, p) for p in state["positions"]],
         "health": health_wire(state["health"], rt.config.assets[rt.config.quote_asset].decimals),
         "margin_state": "normal",
         "deadline": None,

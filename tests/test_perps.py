@@ -1,0 +1,205 @@
+"""Perpetuals: positions, realized PnL through clearing, margin, reduce-only (by hand).
+
+BTC-PERP: tick 0.1, lot 0.0001 BTC; fees tier 0: maker 0.01%, taker 0.04%.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+
+from engine.accounts import FEES, PNL_CLEARING
+from engine.commands import (
+    BatchPlace,
+    Command,
+    CreateAccount,
+    Deposit,
+    PlaceOrder,
+    SetOraclePrices,
+)
+from engine.events import Event, Rejected
+from engine.exchange import Exchange
+from engine.markets import default_config
+from engine.positions import Position, mark_price
+from engine.risk import Level
+from engine.snapshot import take_snapshot
+from engine.types import OrderType, Reject, Side, TimeInForce
+
+USDC, BTC = 10**6, 10**8
+PERP = "BTC-PERP"
+ALICE, BOB, CAROL = 1000, 1001, 1002
+
+
+def test_position_adds_reduces_and_flips() -> None:
+    p = Position(PERP)
+    assert p.fill(BTC // 5, 50_000 * USDC, BTC) == 0  # long 0.2 at 50,000
+    assert p.fill(BTC // 10, 53_000 * USDC, BTC) == 0  # + 0.1 at 53,000: entry 51,000
+    assert (p.size, p.open_notional, p.entry_price(BTC)) == (
+        3 * BTC // 10, 15_300 * USDC, 51_000 * USDC)  # fmt: skip
+    # sell 0.15 at 55,000: closes half: removes 7,650, gets 8,250 -> +600
+    assert p.fill(-15 * BTC // 100, 55_000 * USDC, BTC) == 600 * USDC
+    assert (p.size, p.open_notional) == (15 * BTC // 100, 7_650 * USDC)
+    # sell 0.25 at 50,000: closes 0.15 (7,650 for 7,500: -150), opens short 0.1 at 50,000
+    assert p.fill(-25 * BTC // 100, 50_000 * USDC, BTC) == -150 * USDC
+    assert (p.size, p.open_notional, p.realized) == (-BTC // 10, -5_000 * USDC, 450 * USDC)
+    assert p.entry_price(BTC) == 50_000 * USDC
+    assert p.unrealized(48_000 * USDC, BTC) == 200 * USDC  # short gains as the price falls
+
+
+def test_mark_is_the_median_clamped_to_ten_percent_of_the_index() -> None:
+    assert mark_price(None, 1, 2) is None
+    assert mark_price(100, None, 120) == 100  # a side is empty: the index
+    assert mark_price(100, 98, 103) == 100
+    assert mark_price(100, 104, 106) == 104
+    assert mark_price(100, 150, 160) == 110  # clamped
+    assert mark_price(100, 10, 20) == 90
+
+
+def run(ex: Exchange, *cmds: Command) -> list[Event]:
+    out: list[Event] = []
+    for cmd in cmds:
+        ex.last_seq += 1
+        out += ex.apply(dataclasses.replace(cmd, seq=ex.last_seq, ts=ex.last_ts + 1))
+    return out
+
+
+def world() -> Exchange:
+    cfg = dataclasses.replace(default_config(), oracle_stale_ms=10**12)
+    ex = Exchange(cfg)
+    run(
+        ex,
+        CreateAccount(name="alice", api_key="ka", api_secret="s"),
+        CreateAccount(name="bob", api_key="kb", api_secret="s"),
+        CreateAccount(name="carol", api_key="kc", api_secret="s"),
+        Deposit(account_id=ALICE, asset="USDC", amount=10_000 * USDC, deposit_id="a"),
+        Deposit(account_id=BOB, asset="USDC", amount=10_000 * USDC, deposit_id="b"),
+        Deposit(account_id=CAROL, asset="USDC", amount=100 * USDC, deposit_id="c"),
+        SetOraclePrices(prices=(("BTC", 50_000 * USDC),)),
+    )
+    return ex
+
+
+def order(account: int, side: Side, size: int, price: int, **kw: object) -> PlaceOrder:
+    return PlaceOrder(account_id=account, market=PERP, side=side, size=size, price=price,
+                      **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def rejections(events: list[Event]) -> list[Rejected]:
+    return [e for e in events if isinstance(e, Rejected)]
+
+
+def test_open_and_close_a_position_through_pnl_clearing() -> None:
+    ex = world()
+    assert rejections(run(ex, order(ALICE, Side.SELL, BTC // 5, 50_000 * USDC),
+                          order(BOB, Side.BUY, BTC // 5, 50_000 * USDC,
+                                tif=TimeInForce.IOC))) == []  # fmt: skip
+    bob, alice = ex.accounts[BOB], ex.accounts[ALICE]
+    assert (bob.positions[PERP].size, alice.positions[PERP].size) == (BTC // 5, -BTC // 5)
+    # no notional moves: only fees (taker 0.04% of 10,000 = 4; maker 0.01% = 1)
+    assert (ex.balance(BOB, "USDC"), ex.balance(ALICE, "USDC")) == (9_996 * USDC, 9_999 * USDC)
+    assert bob.holds == {} and alice.holds == {}
+    run(ex, SetOraclePrices(prices=(("BTC", 55_000 * USDC),)))
+    assert ex.health(BOB)[Level.EQUITY] == 10_996 * USDC  # 9,996 + 0.2 * 5,000
+    assert ex.health(ALICE)[Level.EQUITY] == 8_999 * USDC
+    # Alice buys back from Bob at 55,000: Bob realizes +1,000, Alice -1,000
+    assert rejections(run(ex, order(ALICE, Side.BUY, BTC // 5, 55_000 * USDC),
+                          order(BOB, Side.SELL, BTC // 5, 55_000 * USDC, reduce_only=True,
+                                tif=TimeInForce.IOC))) == []  # fmt: skip
+    assert (bob.positions[PERP].size, alice.positions[PERP].size) == (0, 0)
+    assert (bob.positions[PERP].realized, alice.positions[PERP].realized) == (
+        1_000 * USDC, -1_000 * USDC)  # fmt: skip
+    # Bob: 9,996 + 1,000 - 4.4 taker fee; Alice: 9,999 - 1,000 - 1.1 maker fee
+    assert ex.balance(BOB, "USDC") == 10_991_600_000
+    assert ex.balance(ALICE, "USDC") == 8_997_900_000
+    assert ex.balance(PNL_CLEARING, "USDC") == 0  # every market flat: clearing is back to 0
+    assert ex.balance(FEES, "USDC") == 10_500_000
+    assert ex.check_invariants() == []
+
+
+def test_margin_decides_how_big_a_position_can_be() -> None:
+    ex = world()
+    run(ex, order(ALICE, Side.SELL, BTC, 50_000 * USDC))
+    # Carol (100 USDC) buying 1 BTC at 50,000: at the initial shock (-12%, 44,000) the
+    # position is worth -6,000 - 0.5% * 44,000 = -6,220; plus 100 - 20 fee = -6,140
+    (r,) = rejections(run(ex, order(CAROL, Side.BUY, BTC, 50_000 * USDC, tif=TimeInForce.IOC)))
+    assert (r.reason, r.detail) == (
+        Reject.INSUFFICIENT_MARGIN, "initial health with the order filled would be -6140000000")
+    # 0.01 BTC: -60 - 2.2 = -62.2; 100 - 0.2 fee - 62.2 = 37.6 >= 0
+    assert rejections(run(ex, order(CAROL, Side.BUY, BTC // 100, 50_000 * USDC,
+                                    tif=TimeInForce.IOC))) == []  # fmt: skip
+    assert ex.accounts[CAROL].positions[PERP].size == BTC // 100
+    assert ex.check_invariants() == []
+
+
+def test_reduce_only_rules_and_a_stale_index() -> None:
+    ex = world()
+    run(ex, order(ALICE, Side.SELL, BTC // 10, 50_000 * USDC),
+        order(BOB, Side.BUY, BTC // 10, 50_000 * USDC, tif=TimeInForce.IOC))  # fmt: skip
+    (r,) = rejections(run(ex, order(BOB, Side.BUY, BTC // 100, 50_000 * USDC,
+                                    reduce_only=True, tif=TimeInForce.IOC)))  # fmt: skip
+    assert (r.reason, r.detail) == (
+        Reject.REDUCE_ONLY_WOULD_INCREASE,
+        "the position is 0.1: a reduce-only order may only shrink it",
+    )
+    (r,) = rejections(run(ex, order(BOB, Side.SELL, BTC // 5, 50_000 * USDC,
+                                    reduce_only=True, tif=TimeInForce.IOC)))  # fmt: skip
+    assert r.reason is Reject.REDUCE_ONLY_WOULD_INCREASE  # would flip to short
+    (r,) = rejections(run(ex, order(BOB, Side.SELL, BTC // 10, 50_000 * USDC,
+                                    reduce_only=True)))  # fmt: skip
+    assert r.reason is Reject.INVALID_TIME_IN_FORCE  # resting reduce-only: not yet
+    stale = Exchange.restore(dataclasses.replace(ex.config, oracle_stale_ms=1), take_snapshot(ex))
+    (r,) = rejections(run(stale, order(CAROL, Side.BUY, BTC // 100, 50_000 * USDC)))
+    assert (r.reason, r.detail) == (Reject.MARKET_REDUCE_ONLY,
+                                    "the BTC index is stale: reduce-only orders")  # fmt: skip
+    (r,) = rejections(run(stale, order(ALICE, Side.BUY, BTC // 10, 50_000 * USDC)))
+    assert r.reason is Reject.MARKET_REDUCE_ONLY  # Alice's buy would reduce, but is not marked
+    events = run(stale, order(BOB, Side.SELL, BTC // 10, 40_000 * USDC, reduce_only=True,
+                              type=OrderType.LIMIT, tif=TimeInForce.IOC))  # fmt: skip
+    assert rejections(events) == []  # a reduce-only order gets in (no bid: IOC cancelled)
+    assert stale.accounts[BOB].positions[PERP].size == BTC // 10
+
+
+def test_positions_survive_a_snapshot() -> None:
+    ex = world()
+    run(ex, order(ALICE, Side.SELL, BTC // 5, 50_000 * USDC),
+        order(BOB, Side.BUY, BTC // 10, 50_000 * USDC, tif=TimeInForce.IOC))  # fmt: skip
+    snap = orjson.loads(orjson.dumps(take_snapshot(ex)))
+    assert snap["positions"] == [[ALICE, PERP, -BTC // 10, -5_000 * USDC, 0],
+                                 [BOB, PERP, BTC // 10, 5_000 * USDC, 0]]  # fmt: skip
+    back = Exchange.restore(ex.config, snap)
+    assert back.state_hash() == ex.state_hash() and back.check_invariants() == []
+    old = {k: v for k, v in snap.items() if k != "positions"}
+    old["accounts"] = [a for a in old["accounts"] if a[0] != PNL_CLEARING]
+    assert PNL_CLEARING in Exchange.restore(ex.config, old).accounts
+
+
+def test_an_atomic_hedge_is_judged_as_one_margin_check() -> None:
+    ex = world()
+    dave = 1003
+    run(
+        ex,
+        CreateAccount(name="dave", api_key="kd", api_secret="s"),
+        Deposit(account_id=dave, asset="USDC", amount=10_010 * USDC, deposit_id="d"),
+        Deposit(account_id=ALICE, asset="BTC", amount=BTC, deposit_id="ab"),
+        PlaceOrder(account_id=ALICE, market="BTC-USDC", side=Side.SELL, size=BTC // 5,
+                   price=50_000 * USDC),
+        order(ALICE, Side.BUY, BTC // 5, 50_000 * USDC),
+    )  # fmt: skip
+    # Carol (100 USDC) shorting 0.2 alone: 100 - 4 fee + worst of -0.2 * (+-6,000) -
+    # 0.5% * 0.2 * 56,000 = 96 - 1,256 = -1,160
+    short = order(CAROL, Side.SELL, BTC // 5, 50_000 * USDC, tif=TimeInForce.IOC)
+    (r,) = rejections(run(ex, BatchPlace(account_id=CAROL, orders=(short,), atomic=True)))
+    assert (r.reason, r.detail) == (
+        Reject.ATOMIC_BATCH_FAILED, "initial health after the batch would be -1160000000")
+    # Dave buys 0.2 BTC spot and shorts 0.2 BTC-PERP in one batch: 10,010 - 10,004 - 4 = 2
+    # USDC left; the legs offset: 2 + (10,000 - 0.002 * 56,000) = 9,890 at the initial level
+    spot = PlaceOrder(account_id=dave, market="BTC-USDC", side=Side.BUY, size=BTC // 5,
+                      price=50_000 * USDC, tif=TimeInForce.IOC)  # fmt: skip
+    perp = order(dave, Side.SELL, BTC // 5, 50_000 * USDC, tif=TimeInForce.IOC)
+    assert rejections(run(ex, BatchPlace(account_id=dave, orders=(spot, perp),
+                                         atomic=True))) == []  # fmt: skip
+    assert ex.balance(dave, "USDC") == 2 * USDC and ex.balance(dave, "BTC") == BTC // 5
+    assert ex.accounts[dave].positions[PERP].size == -BTC // 5
+    assert ex.health(dave)[Level.INITIAL] == 9_890 * USDC
+    assert ex.check_invariants() == []
