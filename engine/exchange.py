@@ -361,6 +361,7 @@ class Exchange:
                 asset, EXTERNAL, aid, amount, LedgerReason.DEPOSIT, f"deposit:{ident}"
             )
         else:
+            pool = self.pools[asset]
             if acct.available(asset) < amount:
                 if not allow_borrow:
                     raise _Refused(
@@ -368,6 +369,12 @@ class Exchange:
                         f"available {acct.available(asset)} < {amount}",
                     )
                 self._check_borrow(acct, asset, amount)
+            elif amount > pool.free:  # what is lent out cannot leave
+                raise _Refused(
+                    Reject.INSUFFICIENT_LIQUIDITY, f"the {asset} pool has {pool.free} free"
+                )
+            elif self._has_exposure(acct):
+                self._check_margin(acct, {asset: -amount}, "after the withdrawal")
             t = self._transfer(
                 asset, aid, EXTERNAL, amount, LedgerReason.WITHDRAWAL, f"withdrawal:{ident}"
             )
@@ -399,11 +406,35 @@ class Exchange:
             )
         rates = self.borrow_rates()  # the loan's 10-day horizon at the rate it causes
         rates[asset] = borrow_rate_ppm(self.config.lending[asset], supplied, borrowed)
-        after = self._initial_health(acct, {asset: -amount}, rates)
+        self._check_margin(acct, {asset: -amount}, "", rates)
+
+    def _has_exposure(self, acct: Account) -> bool:
+        """Does the account's margin matter: a loan, an open position or a perp order?"""
+        return (
+            any(b < 0 for b in acct.balances.values())
+            or any(p.size for p in acct.positions.values())
+            or any(self.markets[o.market].spec.kind is MarketKind.PERP for o in acct.live.values())
+        )
+
+    def _check_margin(
+        self,
+        acct: Account,
+        change: dict[str, int],
+        when: str,
+        rates: dict[str, int] | None = None,
+        extra: Order | None = None,
+    ) -> None:
+        """Refuse (INSUFFICIENT_MARGIN) unless initial health after `change` (and with
+        order `extra`) stays >= 0."""
+        after = self._initial_health(
+            acct, change, self.borrow_rates() if rates is None else rates, extra
+        )
         if after is None or after < 0:
             raise _Refused(
                 Reject.INSUFFICIENT_MARGIN,
-                "initial health would be "
+                "initial health "
+                + (when + " " if when else "")
+                + "would be "
                 + ("unknown (an asset has no fresh index price)" if after is None else f"{after}"),
             )
 
@@ -523,7 +554,7 @@ class Exchange:
         market = self.markets.get(cmd.market)
         if market is None:
             raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
-        self._check_state_for_new(market)
+        self._check_state_for_new(market, cmd.reduce_only)
         spec = market.spec
         if cmd.type not in (OrderType.LIMIT, OrderType.MARKET):
             raise _Refused(
@@ -598,13 +629,15 @@ class Exchange:
                 Reject.PRICE_NOT_ON_TICK, f"price must be a multiple of {spec.fmt_price(spec.tick)}"
             )
 
-    def _check_state_for_new(self, market: Market) -> None:
+    def _check_state_for_new(self, market: Market, reduce_only: bool = False) -> None:
         state = market.state
         if state is MarketState.HALTED:
             raise _Refused(Reject.MARKET_HALTED)
         if state is MarketState.CANCEL_ONLY:
             raise _Refused(Reject.MARKET_CANCEL_ONLY)
-        if state is MarketState.REDUCE_ONLY:
+        if state is MarketState.REDUCE_ONLY and not (
+            reduce_only and market.spec.kind is MarketKind.PERP
+        ):  # a perp in reduce-only takes reduce-only orders; a spot market none
             raise _Refused(Reject.MARKET_REDUCE_ONLY)
 
     def _protective_price(self, market: Market, side: Side) -> int:
@@ -691,14 +724,10 @@ class Exchange:
         o.reduce_only = cmd.reduce_only
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
-        if spec.kind is MarketKind.PERP and not cmd.reduce_only and not funds_checked:
-            after = self._initial_health(acct, {}, self.borrow_rates(), extra=o)
-            if after is None or after < 0:
-                raise _Refused(
-                    Reject.INSUFFICIENT_MARGIN,
-                    "initial health with the order filled would be "
-                    + ("unknown (no fresh index price)" if after is None else f"{after}"),
-                )
+        if not funds_checked and not cmd.reduce_only and (
+            spec.kind is MarketKind.PERP or self._has_exposure(acct)
+        ):  # a spot order of an account with loans or positions can lower its health too
+            self._check_margin(acct, {}, "with the order filled", extra=o)
         if not funds_checked and need > 0 and acct.available(hold_asset) < need:
             raise _Refused(
                 Reject.INSUFFICIENT_BALANCE,
@@ -819,7 +848,8 @@ class Exchange:
             (t.account_id, m.account_id) if t.side is Side.BUY else (m.account_id, t.account_id)
         )
         ref = f"trade:{trade_id}"
-        if spec.kind is MarketKind.PERP:
+        perp = spec.kind is MarketKind.PERP
+        if perp:
             self._perp_fill(self.accounts[buyer], spec, q, price, ref)
             self._perp_fill(self.accounts[seller], spec, -q, price, ref)
         else:
@@ -831,6 +861,9 @@ class Exchange:
             self._transfer(spec.quote, m.account_id, FEES, maker_fee, LedgerReason.FEE, ref)
         elif maker_fee < 0:
             self._transfer(spec.quote, FEES, m.account_id, -maker_fee, LedgerReason.FEE, ref)
+        if perp:
+            self._cover_holds(t_acct, spec.quote)
+            self._cover_holds(m_acct, spec.quote)
         m.updated_ts = self._ts  # (the taker's hold is refreshed once, after its matching)
         if m.remaining == 0:
             market.book.remove(m)
@@ -851,6 +884,18 @@ class Exchange:
             self._transfer(spec.quote, PNL_CLEARING, acct.account_id, pnl, LedgerReason.TRADE, ref)
         elif pnl < 0:
             self._transfer(spec.quote, acct.account_id, PNL_CLEARING, -pnl, LedgerReason.TRADE, ref)
+
+    def _cover_holds(self, acct: Account, asset: str) -> None:
+        """After a perp loss or fee: if `asset` no longer covers what spot orders hold,
+        cancel them, newest first, until it does (CancelReason.MARGIN)."""
+        if acct.hold(asset) <= 0 or acct.available(asset) >= 0:
+            return
+        for o in sorted(acct.live.values(), key=lambda o: o.order_id, reverse=True):
+            if acct.available(asset) >= 0:
+                break
+            spec = self.markets[o.market].spec
+            if o.hold > 0 and (spec.quote if o.side is Side.BUY else spec.base) == asset:
+                self._cancel_resting(o, CancelReason.MARGIN, OrderStatus.CANCELLED)
 
     def _drop_live(self, o: Order, acct: Account) -> None:
         """The order has finished: out of the live indexes, into the finished window."""
@@ -950,6 +995,12 @@ class Exchange:
         new_size = o.size if cmd.size is None else cmd.size
         if new_price == o.price and new_size == o.size:
             raise _Refused(Reject.NOTHING_TO_AMEND)
+        if (
+            market.state is MarketState.REDUCE_ONLY
+            and spec.kind is MarketKind.PERP
+            and not (new_price == o.price and new_size < o.size)
+        ):  # a perp in reduce-only: an order may only shrink
+            raise _Refused(Reject.MARKET_REDUCE_ONLY, "only a smaller size, at the same price")
         self._check_price(new_price, spec)
         if new_size <= 0 or new_size > MAX_UNITS:
             raise _Refused(Reject.INVALID_SIZE, "size must be positive")
@@ -976,7 +1027,14 @@ class Exchange:
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
         need = self._required_hold(o, spec, self._tier(acct), new_price, new_size)
         asset = spec.quote if o.side is Side.BUY else spec.base
-        if need - o.hold > acct.available(asset):
+        if spec.kind is MarketKind.PERP:  # judged by margin with the order as amended
+            before = o.price, o.size
+            o.price, o.size = new_price, new_size
+            try:
+                self._check_margin(acct, {}, "with the amended order filled")
+            finally:
+                o.price, o.size = before
+        elif need - o.hold > acct.available(asset):
             raise _Refused(
                 Reject.INSUFFICIENT_BALANCE,
                 f"needs {need - o.hold} more {asset}, has {acct.available(asset)}",
@@ -1024,6 +1082,11 @@ class Exchange:
             ):
                 raise _Refused(
                     Reject.ATOMIC_LEG_NOT_IMMEDIATE, "atomic legs must be ioc, fok or market"
+                )
+        for i, item in enumerate(cmd.orders):
+            if item.reduce_only:  # judged against a position earlier legs would change
+                raise _Refused(
+                    Reject.ATOMIC_BATCH_FAILED, f"leg {i}: reduce-only legs are not supported"
                 )
         used: dict[int, int] = {}
         avail: dict[str, int] = {}
@@ -1191,11 +1254,7 @@ class Exchange:
     def health(self, account_id: int) -> dict[Level, int | None]:
         """The account's health at every level and its equity (engine/risk.py), at the last
         index prices (stale ones too: the view says which are stale)."""
-        acct = self.accounts[account_id]
-        state = dict(acct.balances)
-        for m, pos in acct.positions.items():
-            if pos.size:
-                state[m + ":size"], state[m + ":notional"] = pos.size, pos.open_notional
+        state = self._account_state_keys(self.accounts[account_id])
         rates = self.borrow_rates()
         return {level: self._state_health(state, rates, level, fresh=False) for level in Level}
 
@@ -1210,12 +1269,9 @@ class Exchange:
         index prices only, with each market's open orders counted as filled on the side
         that hurts more. Perp fills move the position ("M:size", "M:notional" keys) and
         pay the top fee; realizing PnL is a transfer inside the account, so it is left out."""
-        state = dict(acct.balances)
+        state = self._account_state_keys(acct)
         for key, delta in change.items():
             state[key] = state.get(key, 0) + delta
-        for m, pos in acct.positions.items():
-            if pos.size:
-                state[m + ":size"], state[m + ":notional"] = pos.size, pos.open_notional
         top_fee = max(self._tier(acct).taker_ppm, 0)
         sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
         for o in [*acct.live.values(), *([extra] if extra is not None else [])]:
@@ -1237,23 +1293,44 @@ class Exchange:
             else:  # gives the base, gets the notional less the top fee
                 fill[spec.base] = fill.get(spec.base, 0) - rem
                 fill[spec.quote] = fill.get(spec.quote, 0) + notional - fee
+        # The worst case: per base asset, every combination of "nothing fills", "the bids
+        # fill" and "the asks fill" on each of its markets (spot and perp offset there);
+        # assets are taken one after the other, in name order.
+        groups: dict[str, list[str]] = {}
         for market in sorted(sides):
-            worst: dict[str, int] | None = None
+            groups.setdefault(self.markets[market].spec.base, []).append(market)
+        for base in sorted(groups):
+            combos: list[dict[str, int]] = [{}]
+            for market in groups[base]:
+                options = [fill for fill in sides[market] if fill]
+                combos = [
+                    {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+                    for a in combos
+                    for b in ({}, *options)
+                ]
+            worst: dict[str, int] = {}
             worst_health: int | None = None
-            for fill in sides[market]:
-                if not fill:
-                    continue
+            for combo in combos:
                 trial = dict(state)
-                for key, d in fill.items():
+                for key, d in combo.items():
                     trial[key] = trial.get(key, 0) + d
                 h = self._state_health(trial, rates, Level.INITIAL, fresh=True)
                 if h is None:
                     return None
                 if worst_health is None or h < worst_health:
-                    worst, worst_health = fill, h
-            for key, d in (worst or {}).items():
+                    worst, worst_health = combo, h
+            for key, d in sorted(worst.items()):
                 state[key] = state.get(key, 0) + d
         return self._state_health(state, rates, Level.INITIAL, fresh=True)
+
+    @staticmethod
+    def _account_state_keys(acct: Account) -> dict[str, int]:
+        """Balances by asset plus "M:size" / "M:notional" of every open position."""
+        state = dict(acct.balances)
+        for m, pos in acct.positions.items():
+            if pos.size:
+                state[m + ":size"], state[m + ":notional"] = pos.size, pos.open_notional
+        return state
 
     def _state_health(
         self, state: dict[str, int], rates: dict[str, int], level: Level, fresh: bool
@@ -1267,7 +1344,10 @@ class Exchange:
         for key, value in state.items():
             if ":" not in key:
                 if value:
-                    balances[key] = value
+                    balances[key] = balances.get(key, 0) + value
+            elif key.endswith(":notional") and value and not state.get(key[:-9] + ":size"):
+                # flat after the counted fills: the open notional is PnL realized in USDC
+                balances[cfg.quote_asset] = balances.get(cfg.quote_asset, 0) - value
             elif key.endswith(":size") and value:
                 market = key[: -len(":size")]
                 spec = self.markets[market].spec

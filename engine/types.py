@@ -91,6 +91,7 @@ class CancelReason(StrEnum):
     DISCONNECT = "cancel_on_disconnect"
     DEAD_MAN = "dead_man_switch"
     MARKET_STATE = "market_state"
+    MARGIN = "margin"  # a perp loss or fee left the funds below what the order held
 
 
 class LedgerReason(StrEnum):

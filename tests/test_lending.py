@@ -206,3 +206,18 @@ def test_pools_and_interest_clock_survive_a_snapshot() -> None:
         10_000 * USDC, 5_000 * USDC)  # fmt: skip
     assert back.apply(Tick(seq=11, ts=2_000 + HOUR)) == ex.apply(Tick(seq=11, ts=2_000 + HOUR))
     assert back.check_invariants() == []
+
+
+def test_lent_out_funds_cannot_be_withdrawn() -> None:
+    ex = world()
+    borrow(ex, 10, 8_000 * USDC)
+    events = ex.apply(Withdraw(seq=11, ts=2_000, account_id=ALICE, asset="USDC",
+                               amount=10_000 * USDC, withdrawal_id="all"))  # fmt: skip
+    assert events == [
+        Rejected(Reject.INSUFFICIENT_LIQUIDITY, ALICE, f"the USDC pool has {2_000 * USDC} free",
+                 None, None)
+    ]  # fmt: skip
+    assert [e for e in ex.apply(Withdraw(seq=12, ts=2_000, account_id=ALICE, asset="USDC",
+                                         amount=2_000 * USDC, withdrawal_id="some"))
+            if isinstance(e, Rejected)] == []  # fmt: skip
+    assert ex.pools["USDC"].free == 0 and ex.check_invariants() == []

@@ -11,12 +11,15 @@ import orjson
 
 from engine.accounts import FEES, PNL_CLEARING
 from engine.commands import (
+    AmendOrder,
     BatchPlace,
     Command,
     CreateAccount,
     Deposit,
     PlaceOrder,
+    SetMarketState,
     SetOraclePrices,
+    Withdraw,
 )
 from engine.events import Event, Rejected
 from engine.exchange import Exchange
@@ -24,7 +27,7 @@ from engine.markets import default_config
 from engine.positions import Position, mark_price
 from engine.risk import Level
 from engine.snapshot import take_snapshot
-from engine.types import OrderType, Reject, Side, TimeInForce
+from engine.types import MarketState, OrderType, Reject, Side, TimeInForce
 
 USDC, BTC = 10**6, 10**8
 PERP = "BTC-PERP"
@@ -203,3 +206,111 @@ def test_an_atomic_hedge_is_judged_as_one_margin_check() -> None:
     assert ex.accounts[dave].positions[PERP].size == -BTC // 5
     assert ex.health(dave)[Level.INITIAL] == 9_890 * USDC
     assert ex.check_invariants() == []
+
+
+def test_amending_a_perp_order_up_is_judged_by_margin() -> None:
+    ex = world()
+    run(ex, order(CAROL, Side.BUY, BTC // 100, 49_000 * USDC))  # 0.01 BTC bid: fits
+    oid = ex.next_order_id - 1
+    # 1 BTC at 49,000 with the index at 50,000 would be: 100 - 19.6 fee + 1 * (44,000 -
+    # 49,000) - 0.5% * 44,000 = 80.4 - 5,220 = -5,139.6
+    (r,) = rejections(run(ex, AmendOrder(account_id=CAROL, order_id=oid, size=BTC)))
+    assert (r.reason, r.detail) == (
+        Reject.INSUFFICIENT_MARGIN,
+        "initial health with the amended order filled would be -5139600000",
+    )
+    assert ex.orders[oid].size == BTC // 100 and ex.check_invariants() == []
+    # 0.015 BTC: 100 - 0.294 fee - 75 - 3.3 = 21.406 >= 0 (0.02 would be -4.792)
+    amended = AmendOrder(account_id=CAROL, order_id=oid, size=15 * BTC // 1000)
+    assert rejections(run(ex, amended)) == []
+    assert ex.orders[oid].size == 15 * BTC // 1000
+
+
+# --- regressions found by review -------------------------------------------------------
+
+
+def test_withdrawing_collateral_from_under_a_position_is_refused() -> None:
+    ex = world()
+    run(ex, order(ALICE, Side.SELL, BTC // 100, 50_000 * USDC),
+        order(CAROL, Side.BUY, BTC // 100, 50_000 * USDC, tif=TimeInForce.IOC))  # fmt: skip
+    # Carol: 99.8 USDC and 0.01 BTC long: the position needs 62.2 at the initial level
+    events = run(ex, Withdraw(account_id=CAROL, asset="USDC", amount=99_800_000,
+                              withdrawal_id="all"))  # fmt: skip
+    assert rejections(events) == [
+        Rejected(Reject.INSUFFICIENT_MARGIN, CAROL,
+                 "initial health after the withdrawal would be -62200000", None, None)
+    ]  # fmt: skip
+    assert rejections(run(ex, Withdraw(account_id=CAROL, asset="USDC", amount=37_600_000,
+                                       withdrawal_id="some"))) == []  # fmt: skip
+
+
+def test_an_atomic_leg_adds_to_the_position_already_held() -> None:
+    ex = world()
+    run(ex, Deposit(account_id=ALICE, asset="USDC", amount=100_000 * USDC, deposit_id="more"),
+        order(ALICE, Side.SELL, 2 * BTC, 50_000 * USDC),
+        order(CAROL, Side.BUY, BTC // 100, 50_000 * USDC, tif=TimeInForce.IOC))  # fmt: skip
+    leg = order(CAROL, Side.BUY, BTC, 50_000 * USDC, tif=TimeInForce.IOC)
+    (r,) = rejections(run(ex, BatchPlace(account_id=CAROL, orders=(leg,), atomic=True)))
+    # 1.01 BTC long: 1.01 * -6,000 - 0.5% * 1.01 * 44,000 = -6,282.2; USDC 99.8 - 20 fee
+    assert (r.reason, r.detail) == (
+        Reject.ATOMIC_BATCH_FAILED, "initial health after the batch would be -6202400000")
+    assert ex.accounts[CAROL].positions[PERP].size == BTC // 100
+
+
+def test_an_order_that_would_only_help_is_not_counted_as_filled() -> None:
+    ex = world()
+    run(ex, order(ALICE, Side.BUY, BTC // 10, 50_000 * USDC),
+        order(BOB, Side.SELL, BTC // 10, 50_000 * USDC, tif=TimeInForce.IOC))  # fmt: skip
+    base = ex._initial_health(ex.accounts[BOB], {}, ex.borrow_rates())
+    # a bid far under the market would close Bob's short at a profit: it may not count
+    run(ex, order(BOB, Side.BUY, BTC // 10, 40_000 * USDC))
+    assert ex._initial_health(ex.accounts[BOB], {}, ex.borrow_rates()) == base
+
+
+def test_a_perp_loss_cancels_spot_buys_it_leaves_unfunded() -> None:
+    ex = world()
+    run(ex, Deposit(account_id=ALICE, asset="BTC", amount=BTC, deposit_id="ab"),
+        PlaceOrder(account_id=BOB, market="BTC-USDC", side=Side.BUY, size=BTC // 10,
+                   price=49_000 * USDC),  # holds 4,900 + fee reserve
+        order(ALICE, Side.SELL, BTC // 10, 50_000 * USDC),
+        order(BOB, Side.BUY, BTC // 10, 50_000 * USDC, tif=TimeInForce.IOC),
+        SetOraclePrices(prices=(("BTC", 52_000 * USDC),)),
+        order(BOB, Side.BUY, BTC, 52_000 * USDC))  # fmt: skip
+    spot_buy = next(o for o in ex.accounts[BOB].live.values() if o.market == "BTC-USDC")
+    assert ex.accounts[BOB].available("USDC") >= 0
+    # Alice sells Bob 1 more BTC-PERP at 52,000 (long 1.1, entry ~51,818), the index drops
+    # to 45,000 and Bob sells out there: ~7,500 lost leaves less USDC than the spot bid holds
+    run(ex, order(ALICE, Side.SELL, BTC, 52_000 * USDC, tif=TimeInForce.IOC),
+        SetOraclePrices(prices=(("BTC", 45_000 * USDC),)),
+        order(ALICE, Side.BUY, 11 * BTC // 10, 45_000 * USDC),
+        order(BOB, Side.SELL, 11 * BTC // 10, 45_000 * USDC, reduce_only=True,
+              tif=TimeInForce.IOC))  # fmt: skip
+    assert ex.accounts[BOB].positions[PERP].size == 0
+    assert spot_buy.status.value == "cancelled" and spot_buy.cancel_reason == "margin"
+    assert ex.check_invariants() == []
+
+
+def test_a_perp_in_reduce_only_takes_reduce_only_orders_and_smaller_amends() -> None:
+    ex = world()
+    run(ex, order(ALICE, Side.SELL, BTC // 10, 50_000 * USDC),
+        order(BOB, Side.BUY, BTC // 10, 50_000 * USDC, tif=TimeInForce.IOC),
+        order(BOB, Side.BUY, BTC // 100, 40_000 * USDC))  # fmt: skip
+    resting = ex.next_order_id - 1
+    run(ex, SetMarketState(market=PERP, state=MarketState.REDUCE_ONLY))
+    (r,) = rejections(run(ex, AmendOrder(account_id=BOB, order_id=resting, size=BTC // 10)))
+    assert r.reason is Reject.MARKET_REDUCE_ONLY
+    assert rejections(run(ex, AmendOrder(account_id=BOB, order_id=resting,
+                                         size=BTC // 200))) == []  # fmt: skip
+    (r,) = rejections(run(ex, order(CAROL, Side.BUY, BTC // 100, 50_000 * USDC)))
+    assert r.reason is Reject.MARKET_REDUCE_ONLY
+    closing = order(BOB, Side.SELL, BTC // 10, 30_000 * USDC, reduce_only=True,
+                    tif=TimeInForce.IOC)  # fmt: skip
+    assert rejections(run(ex, closing)) == []
+
+
+def test_reduce_only_legs_are_refused_in_atomic_batches() -> None:
+    ex = world()
+    leg = order(BOB, Side.SELL, BTC // 10, 50_000 * USDC, reduce_only=True, tif=TimeInForce.IOC)
+    (r,) = rejections(run(ex, BatchPlace(account_id=BOB, orders=(leg, leg), atomic=True)))
+    assert (r.reason, r.detail) == (
+        Reject.ATOMIC_BATCH_FAILED, "leg 0: reduce-only legs are not supported")
