@@ -44,6 +44,7 @@ class Account:
         "live",
         "client_ids",
         "positions",
+        "perp_orders",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
@@ -58,6 +59,7 @@ class Account:
         self.live: dict[int, Order] = {}  # live orders by id
         self.client_ids: dict[str, int] = {}  # client order id -> live order id
         self.positions: dict[str, Position] = {}  # perp market -> position (kept when flat)
+        self.perp_orders = 0  # how many of `live` are perp orders (margin matters then)
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)

@@ -127,6 +127,9 @@ class Exchange:
         self.signatures: OrderedDict[str, int] = OrderedDict()
         self.oracle = Oracle(config.oracle_stale_ms)
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
+        self._perp_markets = frozenset(
+            s for s, m in config.markets.items() if m.kind is MarketKind.PERP
+        )
         self.interest_ts: int | None = None  # when interest was last settled
         self._events: list[Event] = []
         self._ts = 0
@@ -410,11 +413,15 @@ class Exchange:
 
     def _has_exposure(self, acct: Account) -> bool:
         """Does the account's margin matter: a loan, an open position or a perp order?"""
-        return (
-            any(b < 0 for b in acct.balances.values())
-            or any(p.size for p in acct.positions.values())
-            or any(self.markets[o.market].spec.kind is MarketKind.PERP for o in acct.live.values())
-        )
+        if acct.perp_orders:
+            return True
+        for balance in acct.balances.values():  # (plain loops: this runs for every order)
+            if balance < 0:
+                return True
+        for pos in acct.positions.values():  # noqa: SIM110 (measured: faster compiled)
+            if pos.size:
+                return True
+        return False
 
     def _check_margin(
         self,
@@ -760,6 +767,8 @@ class Exchange:
                 market.book.add(o)
                 self.orders[o.order_id] = o
                 acct.live[o.order_id] = o
+                if market.spec.kind is MarketKind.PERP:
+                    acct.perp_orders += 1
                 if o.client_order_id is not None:
                     acct.client_ids[o.client_order_id] = o.order_id
                 if o.expire_ts is not None:
@@ -904,7 +913,8 @@ class Exchange:
 
     def _unindex(self, o: Order, acct: Account) -> None:
         self.orders.pop(o.order_id, None)
-        acct.live.pop(o.order_id, None)
+        if acct.live.pop(o.order_id, None) is not None and o.market in self._perp_markets:
+            acct.perp_orders -= 1
         if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) == o.order_id:
             del acct.client_ids[o.client_order_id]
 

@@ -69,6 +69,9 @@ def check(ex: Exchange) -> list[str]:
         if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) != oid:
             problems.append(f"order {oid} client id not indexed")
     for acct in ex.accounts.values():
+        perp_orders = sum(1 for o in acct.live.values() if o.market in ex._perp_markets)
+        if acct.perp_orders != perp_orders:
+            problems.append(f"account {acct.account_id} counts {acct.perp_orders} perp orders")
         if len(acct.live) != sum(1 for o in acct.live.values() if ex.orders.get(o.order_id) is o):
             problems.append(f"account {acct.account_id} lists orders that are not live")
         for asset in set(acct.holds) | set(want_holds[acct.account_id]):

@@ -19,6 +19,7 @@ from engine.events import Transfer
 from engine.positions import Position
 from engine.types import (
     LedgerReason,
+    MarketKind,
     MarketState,
     OrderStatus,
     OrderType,
@@ -157,6 +158,8 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
             ex.orders[o.order_id] = o
             acct = ex.accounts[o.account_id]
             acct.live[o.order_id] = o
+            if market.spec.kind is MarketKind.PERP:
+                acct.perp_orders += 1
             if o.client_order_id is not None:
                 acct.client_ids[o.client_order_id] = o.order_id
             if o.expire_ts is not None:
