@@ -149,18 +149,3 @@ def health(
             _value(adj, on_asset, mark * (1 - shock), unit, slip),
         )
     return total.__floor__()
-
-
-def all_levels(
-    balances: dict[str, int],
-    perps: list[PerpExposure],
-    marks: dict[str, int],
-    decimals: dict[str, int],
-    risk: dict[str, AssetRisk],
-    borrow_rates_ppm: dict[str, int],
-    quote: str,
-) -> dict[Level, int | None]:
-    return {
-        level: health(balances, perps, marks, decimals, risk, borrow_rates_ppm, quote, level)
-        for level in Level
-    }

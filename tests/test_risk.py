@@ -17,7 +17,7 @@ from app.config import load_exchange_config
 from engine.commands import CreateAccount, Deposit, SetOraclePrices
 from engine.exchange import Exchange
 from engine.markets import default_config
-from engine.risk import DEFAULT_RISK, AssetRisk, Level, PerpExposure, all_levels, health
+from engine.risk import DEFAULT_RISK, AssetRisk, Level, PerpExposure, health
 
 USDC, BTC = 10**6, 10**8
 DEC = {"USDC": 6, "BTC": 8, "ETH": 8}
@@ -28,7 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def levels(balances: dict[str, int], perps: list[PerpExposure] = (),  # type: ignore[assignment]
            rates: dict[str, int] | None = None,
            risk: dict[str, AssetRisk] = DEFAULT_RISK) -> dict[Level, int | None]:  # fmt: skip
-    return all_levels(balances, list(perps), {"BTC": MARK}, DEC, risk, rates or {}, "USDC")
+    return all_levels(balances, list(perps), {"BTC": MARK}, risk, rates or {})
+
+
+def all_levels(balances: dict[str, int], perps: list[PerpExposure], marks: dict[str, int],
+               risk: dict[str, AssetRisk], rates: dict[str, int]) -> dict[Level, int | None]:
+    return {level: health(balances, perps, marks, DEC, risk, rates, "USDC", level)
+            for level in Level}  # fmt: skip
 
 
 def test_spot_long_with_cash() -> None:
@@ -92,7 +98,7 @@ def test_unrealized_pnl_and_haircut() -> None:
 
 
 def test_an_asset_without_a_price_makes_health_unknown() -> None:
-    got = all_levels({"USDC": USDC, "ETH": BTC}, [], {"BTC": MARK}, DEC, DEFAULT_RISK, {}, "USDC")
+    got = all_levels({"USDC": USDC, "ETH": BTC}, [], {"BTC": MARK}, DEFAULT_RISK, {})
     assert set(got.values()) == {None}
     # nothing held in it: no price needed
     assert health({"USDC": USDC, "ETH": 0}, [], {}, DEC, DEFAULT_RISK, {}, "USDC",
