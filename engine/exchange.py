@@ -127,6 +127,7 @@ class Exchange:
         self.signatures: OrderedDict[str, int] = OrderedDict()
         self.oracle = Oracle(config.oracle_stale_ms)
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
+        self._decimals = {a: spec.decimals for a, spec in config.assets.items()}
         self._perp_markets = frozenset(
             s for s, m in config.markets.items() if m.kind is MarketKind.PERP
         )
@@ -1266,7 +1267,8 @@ class Exchange:
         index prices (stale ones too: the view says which are stale)."""
         state = self._account_state_keys(self.accounts[account_id])
         rates = self.borrow_rates()
-        return {level: self._state_health(state, rates, level, fresh=False) for level in Level}
+        marks = self._index_marks(fresh=False)
+        return {level: self._state_health(state, rates, level, marks) for level in Level}
 
     def _initial_health(
         self,
@@ -1282,6 +1284,7 @@ class Exchange:
         state = self._account_state_keys(acct)
         for key, delta in change.items():
             state[key] = state.get(key, 0) + delta
+        marks = self._index_marks(fresh=True)
         top_fee = max(self._tier(acct).taker_ppm, 0)
         sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
         for o in [*acct.live.values(), *([extra] if extra is not None else [])]:
@@ -1324,14 +1327,14 @@ class Exchange:
                 trial = dict(state)
                 for key, d in combo.items():
                     trial[key] = trial.get(key, 0) + d
-                h = self._state_health(trial, rates, Level.INITIAL, fresh=True)
+                h = self._state_health(trial, rates, Level.INITIAL, marks)
                 if h is None:
                     return None
                 if worst_health is None or h < worst_health:
                     worst, worst_health = combo, h
             for key, d in sorted(worst.items()):
                 state[key] = state.get(key, 0) + d
-        return self._state_health(state, rates, Level.INITIAL, fresh=True)
+        return self._state_health(state, rates, Level.INITIAL, marks)
 
     @staticmethod
     def _account_state_keys(acct: Account) -> dict[str, int]:
@@ -1343,12 +1346,11 @@ class Exchange:
         return state
 
     def _state_health(
-        self, state: dict[str, int], rates: dict[str, int], level: Level, fresh: bool
+        self, state: dict[str, int], rates: dict[str, int], level: Level, marks: dict[str, int]
     ) -> int | None:
         """engine/risk.py on balances and "M:size"/"M:notional" positions, at the index
-        prices (only fresh ones if `fresh`) and each perp's mark."""
+        prices `marks` and each perp's mark."""
         cfg = self.config
-        marks = self._index_marks(fresh)
         balances: dict[str, int] = {}
         perps: list[PerpExposure] = []
         for key, value in state.items():
@@ -1370,7 +1372,7 @@ class Exchange:
             balances,
             perps,
             marks,
-            {a: spec.decimals for a, spec in cfg.assets.items()},
+            self._decimals,
             cfg.risk,
             rates,
             cfg.quote_asset,
