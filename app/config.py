@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.fixedpoint import FixedPointError, parse_units
+from engine.funding import DEFAULT_FUNDING, FundingParams
 from engine.markets import AssetSpec, ExchangeConfig, FeeTier, MarketSpec, default_config
 from engine.risk import DEFAULT_RISK, AssetRisk
 from engine.types import MarketKind
@@ -67,8 +68,17 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
         problems.append("top level must be an object")
         return None
     unknown = set(raw) - {
-        "assets", "markets", "fee_tiers", "max_batch", "market_slippage_ppm", "oracle_stale_s",
-        "risk", "interest_interval_s",
+        "assets",
+        "markets",
+        "fee_tiers",
+        "max_batch",
+        "market_slippage_ppm",
+        "oracle_stale_s",
+        "risk",
+        "interest_interval_s",
+        "funding_sample_s",
+        "funding_interval_s",
+        "impact_notional",
     }
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
@@ -114,11 +124,45 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
                 extra[key[:-2] + "_ms"] = seconds * 1000
     if "risk" in raw:
         extra["risk"] = _risk(raw["risk"], problems)
+    funding = _funding(raw, assets, problems)
+    if funding is not None:
+        extra["funding"] = funding
     if not markets:
         problems.append("no markets defined")
     if problems:
         return None
     return ExchangeConfig(assets=assets, markets=markets, **extra)
+
+
+def _funding(
+    raw: dict[str, Any], assets: dict[str, AssetSpec], problems: list[str]
+) -> FundingParams | None:
+    """`funding_sample_s`, `funding_interval_s` (whole seconds) and `impact_notional`
+    (a decimal string of the quote asset) over the defaults of engine/funding.py."""
+    keys = ("funding_sample_s", "funding_interval_s", "impact_notional")
+    if not any(k in raw for k in keys):
+        return None
+    sample, interval = DEFAULT_FUNDING.sample_ms, DEFAULT_FUNDING.interval_ms
+    impact = DEFAULT_FUNDING.impact_notional
+    for key in keys[:2]:
+        if key in raw:
+            seconds = raw[key]
+            if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 1:
+                problems.append(f"{key} must be a positive integer")
+                return None
+            if key == "funding_sample_s":
+                sample = seconds * 1000
+            else:
+                interval = seconds * 1000
+    if "impact_notional" in raw:
+        quotes = {m["quote"] for m in raw["markets"] if isinstance(m, dict) and "quote" in m}
+        quote = quotes.pop() if len(quotes) == 1 else ""
+        try:
+            impact = parse_units(str(raw["impact_notional"]), assets[quote].decimals)
+        except (KeyError, ValueError, FixedPointError):
+            problems.append("impact_notional must be a decimal amount of the quote asset")
+            return None
+    return FundingParams(sample, interval, impact)
 
 
 _RISK_FIELDS = {

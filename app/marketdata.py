@@ -28,9 +28,11 @@ from typing import Any
 import orjson
 from sortedcontainers import SortedDict
 
+from app.views import rate_wire
 from engine.events import (
     BookDelta,
     Event,
+    FundingSampled,
     IndexStale,
     IndexUpdated,
     MarketStateChanged,
@@ -164,6 +166,9 @@ class MarketData:
         self._state: dict[str, str] = {m: MarketState.OPEN.value for m in self.books}
         # asset -> (index price in quote atomic units, ts it was set, stale)
         self.indexes: dict[str, tuple[int, int, bool]] = {}
+        # perp -> the last funding sample: (predicted rate ppb, mark basis, open interest,
+        # next settlement ts)
+        self.funding: dict[str, tuple[int, int, int, int]] = {}
         self.seq = 0
 
     # -- feeding -----------------------------------------------------------------
@@ -173,6 +178,7 @@ class MarketData:
         deltas: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
         trades: list[TradeEvent] = []
         indexed: list[str] = []
+        sampled: list[str] = []
         for ev in events:
             if isinstance(ev, BookDelta) and ev.market in self.books:
                 bids, asks = deltas.setdefault(ev.market, ({}, {}))
@@ -188,11 +194,15 @@ class MarketData:
             elif isinstance(ev, IndexStale):
                 self.indexes[ev.asset] = (ev.price, ev.set_ts, True)
                 indexed.append(ev.asset)
+            elif isinstance(ev, FundingSampled) and ev.market in self.books:
+                self.funding[ev.market] = (ev.rate, ev.basis, ev.open_interest, ev.next_funding_ts)
+                sampled.append(ev.market)
         out = [self._book_delta(seq, m, b, a) for m, (b, a) in deltas.items() if b or a]
         touched: dict[tuple[str, str], Candle] = {}
         for tr in trades:
             out.append((f"trades:{tr.market}", self._trade(tr, touched)))
         ticked = dict.fromkeys(tr.market for tr in trades)
+        ticked.update(dict.fromkeys(sampled))
         if indexed:
             ticked.update(dict.fromkeys(m for m, b in self.books.items() if b.spec.base in indexed))
         for market in ticked:
@@ -320,9 +330,13 @@ class MarketData:
         last = self._last.get(market)
         index = self.indexes.get(spec.base)
         mark = None
+        funding = self.funding.get(market)
         if spec.kind is MarketKind.PERP:
             mark = mark_price(
-                index[0] if index else None, bid[0] if bid else None, ask[0] if ask else None
+                index[0] if index else None,
+                bid[0] if bid else None,
+                ask[0] if ask else None,
+                funding[1] if funding else 0,
             )
         change = pct = None
         if day is not None and last is not None:
@@ -341,9 +355,9 @@ class MarketData:
             "index": fp(index[0]) if index else None,
             "index_ts": index[1] if index else None,
             "index_stale": index[2] if index else None,
-            "funding_rate": None,
-            "next_funding_ts": None,
-            "open_interest": None,
+            "funding_rate": rate_wire(funding[0]) if funding else None,
+            "next_funding_ts": funding[3] if funding else None,
+            "open_interest": spec.fmt_size(funding[2]) if funding else None,
             "open_24h": fp(day.open) if day else None,
             "high_24h": fp(day.high) if day else None,
             "low_24h": fp(day.low) if day else None,

@@ -38,6 +38,7 @@ from engine.events import (
     ApiKeyRevoked,
     BookDelta,
     Event,
+    FundingSampled,
     MarketStateChanged,
     OrderUpdate,
     TradeEvent,
@@ -197,6 +198,19 @@ class Runtime:
             ]
             if engine.markets[market].state is not MarketState.OPEN:
                 events.append(MarketStateChanged(market, engine.markets[market].state))
+            mf = engine.funding.get(market)
+            if mf is not None and engine.next_funding_ts is not None:
+                events.append(
+                    FundingSampled(
+                        market,
+                        0,
+                        mf.rate(),
+                        mf.basis,
+                        engine.open_interest[market],
+                        engine.next_funding_ts,
+                        engine.last_ts,
+                    )
+                )
             md.on_command(engine.last_seq, engine.last_ts, events)
         for asset, e in engine.oracle.prices.items():
             md.indexes[asset] = (e.price, e.ts, e.stale)

@@ -158,3 +158,37 @@ def market_wire(spec: MarketSpec, state: str, risk: AssetRisk | None = None) -> 
         "state": state,
         "risk": risk_wire(risk),
     }
+
+
+def rate_wire(rate_ppb: int | None) -> str | None:
+    """A funding rate (ppb per settlement) as a decimal fraction: 187500 -> "0.0001875"."""
+    return None if rate_ppb is None else format_units(rate_ppb, 9)
+
+
+def funding_row_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
+    """One funding settlement of a perp (GET /v1/markets/{m}/funding)."""
+    spec = config.markets[r["market"]]
+    return {
+        "market": r["market"],
+        "rate": rate_wire(r["rate"]),
+        "premium": rate_wire(r["premium"]),
+        "index_price": spec.fmt_price(r["index_price"]),
+        "samples": r["samples"],
+        "open_interest": spec.fmt_size(r["open_interest"]),
+        "dust": format_units(r["dust"], spec.quote_decimals),
+        "ts": r["ts"],
+    }
+
+
+def funding_payment_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
+    """One position's funding payment: `amount` > 0 paid, < 0 received (in the quote)."""
+    spec = config.markets[r["market"]]
+    return {
+        "market": r["market"],
+        "size": spec.fmt_size(r["size"]),
+        "index_price": spec.fmt_price(r["index_price"]),
+        "rate": rate_wire(r["rate"]),
+        "amount": format_units(r["amount"], spec.quote_decimals),
+        "asset": spec.quote,
+        "ts": r["ts"],
+    }

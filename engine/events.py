@@ -157,6 +157,47 @@ class IndexStale(NamedTuple):
     ts: int
 
 
+class FundingSampled(NamedTuple):
+    """A perp's premium sample (engine/funding.py): the rate the next settlement would
+    pay so far, the mark basis, the open interest (sum of long sizes) and when the next
+    settlement is due."""
+
+    market: str
+    premium: int  # ppb
+    rate: int  # ppb per settlement, > 0: longs pay shorts
+    basis: int
+    open_interest: int
+    next_funding_ts: int
+    ts: int
+
+
+class FundingSettled(NamedTuple):
+    """A perp's funding settlement: the rate paid, the average premium it came from, the
+    index it was paid at, how many samples, the open interest and the rounding dust
+    booked to the treasury."""
+
+    market: str
+    rate: int
+    premium: int
+    index_price: int
+    samples: int
+    open_interest: int
+    dust: int
+    ts: int
+
+
+class FundingPayment(NamedTuple):
+    """What one position paid (amount > 0) or received (< 0) at a settlement."""
+
+    account_id: int
+    market: str
+    size: int
+    index_price: int
+    rate: int
+    amount: int
+    ts: int
+
+
 class BatchItem(NamedTuple):
     """Marks where the events of batch item number `item` begin."""
 
@@ -177,6 +218,9 @@ Event = (
     | MarketStateChanged
     | IndexUpdated
     | IndexStale
+    | FundingSampled
+    | FundingSettled
+    | FundingPayment
     | BatchItem
 )
 

@@ -20,6 +20,7 @@ from engine.accounts import (
     EXTERNAL,
     FEES,
     FIRST_USER_ACCOUNT,
+    FUNDING,
     PNL_CLEARING,
     SYSTEM_ACCOUNTS,
     TREASURY,
@@ -35,6 +36,9 @@ from engine.events import (
     BatchItem,
     BookDelta,
     Event,
+    FundingPayment,
+    FundingSampled,
+    FundingSettled,
     IdempotentReplay,
     IndexStale,
     IndexUpdated,
@@ -46,6 +50,7 @@ from engine.events import (
     Transfer,
 )
 from engine.fixedpoint import ceil_div
+from engine.funding import MarketFunding, impact_price, payment, premium
 from engine.lending import PPM as LENDING_PPM
 from engine.lending import (
     Pool,
@@ -132,6 +137,10 @@ class Exchange:
             s for s, m in config.markets.items() if m.kind is MarketKind.PERP
         )
         self.interest_ts: int | None = None  # when interest was last settled
+        self.funding = {m: MarketFunding(m) for m in sorted(self._perp_markets)}
+        self.next_sample_ts: int | None = None  # the next funding sample (None: not yet set)
+        self.next_funding_ts: int | None = None  # the next funding settlement
+        self.open_interest = {m: 0 for m in sorted(self._perp_markets)}  # sum of long sizes
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -175,6 +184,9 @@ class Exchange:
         if deadline is not None and cmd.ts >= deadline:
             for e in self.oracle.going_stale(cmd.ts):
                 events.append(IndexStale(e.asset, e.price, e.ts, cmd.ts))
+        sample_ts = self.next_sample_ts
+        if sample_ts is None or cmd.ts >= sample_ts:
+            self._funding_due(cmd.ts)
         try:
             self._handlers[type(cmd)](cmd)
         except _Refused as refused:
@@ -223,6 +235,11 @@ class Exchange:
         due = [d for d in (expiry, self.oracle.deadline) if d is not None]
         if self.interest_ts is not None and any(p.borrowed for p in self.pools.values()):
             due.append(self.interest_ts + self.config.interest_interval_ms)
+        if self.next_sample_ts is not None and self.next_funding_ts is not None:
+            if any(self.oracle.index(self.markets[m].spec.base) is not None for m in self.funding):
+                due.append(self.next_sample_ts)  # a perp has a fresh index to sample against
+            elif any(f.samples for f in self.funding.values()):
+                due.append(self.next_funding_ts)
         return min(due) if due else None
 
     # --------------------------------------------------------------- accounts
@@ -398,9 +415,7 @@ class Exchange:
         own = max(acct.balance(asset), 0)
         loan = amount - own
         if amount > pool.free:
-            raise _Refused(
-                Reject.INSUFFICIENT_LIQUIDITY, f"the {asset} pool has {pool.free} free"
-            )
+            raise _Refused(Reject.INSUFFICIENT_LIQUIDITY, f"the {asset} pool has {pool.free} free")
         supplied, borrowed = pool.supplied - own, pool.borrowed + loan
         limit = self.config.lending[asset].max_utilization_ppm
         if borrowed * LENDING_PPM > limit * supplied:
@@ -506,6 +521,90 @@ class Exchange:
                 earned = share * bal // supplied
                 if earned:
                     self._transfer(asset, TREASURY, aid, earned, LedgerReason.INTEREST, ref)
+
+    # ---------------------------------------------------------------- funding
+    def _funding_due(self, ts: int) -> None:
+        """At (or after) a sample time: sample every perp, then settle if the interval is
+        over. Times are multiples of the sample and settlement intervals."""
+        params = self.config.funding
+        nxt = (ts // params.sample_ms + 1) * params.sample_ms
+        if self.next_sample_ts is None or self.next_funding_ts is None:  # the first command
+            self.next_sample_ts = nxt
+            self.next_funding_ts = (ts // params.interval_ms + 1) * params.interval_ms
+            return
+        self.next_sample_ts = nxt
+        settle = ts >= self.next_funding_ts
+        if settle:
+            self.next_funding_ts = (ts // params.interval_ms + 1) * params.interval_ms
+        for market, mf in self.funding.items():
+            self._sample_funding(market, mf, ts)
+            if settle:
+                self._settle_funding(market, mf, ts)
+
+    def _sample_funding(self, market: str, mf: MarketFunding, ts: int) -> None:
+        m = self.markets[market]
+        index = self.oracle.index(m.spec.base)
+        if index is None:
+            return
+        book, unit, impact = m.book, m.spec.base_unit, self.config.funding.impact_notional
+        sample = premium(
+            index,
+            impact_price(
+                ((v.price, v.total) for v in book.levels_from_best(Side.BUY)), impact, unit
+            ),
+            impact_price(
+                ((v.price, v.total) for v in book.levels_from_best(Side.SELL)), impact, unit
+            ),
+        )
+        mf.add_sample(sample)
+        bid, ask = book.best(Side.BUY), book.best(Side.SELL)
+        if bid is not None and ask is not None:
+            mf.move_basis((bid.price + ask.price) // 2 - index, self.config.funding.sample_ms)
+        assert self.next_funding_ts is not None
+        self._events.append(
+            FundingSampled(
+                market,
+                sample,
+                mf.rate(),
+                mf.basis,
+                self.open_interest[market],
+                self.next_funding_ts,
+                ts,
+            )
+        )
+
+    def _settle_funding(self, market: str, mf: MarketFunding, ts: int) -> None:
+        """Longs pay shorts (or back) through the funding clearing account; the rounding
+        dust left there goes to the treasury (engine/funding.py)."""
+        spec = self.markets[market].spec
+        index = self.oracle.index(spec.base)
+        samples, avg, rate = mf.samples, mf.average_premium(), mf.rate()
+        mf.premium_sum = mf.samples = 0
+        if index is None or samples == 0:
+            return  # no fresh index now, or none all interval: no funding this time
+        mf.last_rate = rate
+        ref = f"funding:{market}:{ts}"
+        quote, unit = spec.quote, spec.base_unit
+        paid = 0
+        for aid in sorted(self.accounts):
+            acct = self.accounts[aid]
+            pos = acct.positions.get(market)
+            if pos is None or not pos.size:
+                continue
+            amount = payment(pos.size, index, rate, unit)
+            if amount > 0:
+                self._transfer(quote, aid, FUNDING, amount, LedgerReason.FUNDING, ref)
+            elif amount < 0:
+                self._transfer(quote, FUNDING, aid, -amount, LedgerReason.FUNDING, ref)
+            paid += amount
+            self._events.append(FundingPayment(aid, market, pos.size, index, rate, amount, ts))
+            if amount > 0:
+                self._cover_holds(acct, quote)
+        if paid > 0:
+            self._transfer(quote, FUNDING, TREASURY, paid, LedgerReason.FUNDING, ref)
+        self._events.append(
+            FundingSettled(market, rate, avg, index, samples, self.open_interest[market], paid, ts)
+        )
 
     # ------------------------------------------------------------------- fees
     def _tier(self, acct: Account) -> FeeTier:
@@ -732,8 +831,10 @@ class Exchange:
         o.reduce_only = cmd.reduce_only
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
-        if not funds_checked and not cmd.reduce_only and (
-            spec.kind is MarketKind.PERP or self._has_exposure(acct)
+        if (
+            not funds_checked
+            and not cmd.reduce_only
+            and (spec.kind is MarketKind.PERP or self._has_exposure(acct))
         ):  # a spot order of an account with loans or positions can lower its health too
             self._check_margin(acct, {}, "with the order filled", extra=o)
         if not funds_checked and need > 0 and acct.available(hold_asset) < need:
@@ -889,7 +990,9 @@ class Exchange:
         pos = acct.positions.get(spec.symbol)
         if pos is None:
             pos = acct.positions[spec.symbol] = Position(spec.symbol)
+        before = pos.size
         pnl = pos.fill(qty, price, spec.base_unit)
+        self.open_interest[spec.symbol] += max(pos.size, 0) - max(before, 0)
         if pnl > 0:
             self._transfer(spec.quote, PNL_CLEARING, acct.account_id, pnl, LedgerReason.TRADE, ref)
         elif pnl < 0:
@@ -1391,6 +1494,7 @@ class Exchange:
             marks.get(m.spec.base),
             bid.price if bid is not None else None,
             ask.price if ask is not None else None,
+            self.funding[market].basis,
         )
 
     def mark(self, market: str) -> int | None:

@@ -3,7 +3,8 @@
 * per asset, the sum of all balances (system accounts included) is exactly 0;
 * a user balance is negative (a loan) only where no order holds that asset, and
   `available` is never negative where something is held;
-* per perp market, the positions sum to exactly 0;
+* per perp market, the positions sum to exactly 0, the open interest is the sum of
+  the long ones, and the funding clearing account is back at 0 after every command;
 * each lending pool's `supplied` / `borrowed` are the sums of the users' positive /
   negative balances;
 * every hold equals the sum of what the account's live orders need;
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from engine.accounts import FIRST_USER_ACCOUNT
+from engine.accounts import FIRST_USER_ACCOUNT, FUNDING
 from engine.types import Side
 
 if TYPE_CHECKING:
@@ -43,6 +44,14 @@ def check(ex: Exchange) -> list[str]:
         for perp, pos in acct.positions.items():
             sizes[perp] += pos.size
     problems += [f"{m} positions sum to {n}, not 0" for m, n in sorted(sizes.items()) if n]
+    longs = {
+        m: sum(max(a.positions[m].size, 0) for a in ex.accounts.values() if m in a.positions)
+        for m in ex.open_interest
+    }
+    if longs != ex.open_interest:
+        problems.append(f"open interest {ex.open_interest} is not the longs {longs}")
+    if any(ex.accounts[FUNDING].balances.values()):
+        problems.append(f"funding clearing holds {ex.accounts[FUNDING].balances}")
     for asset, pool in ex.pools.items():
         if (pool.supplied, pool.borrowed) != (supplied[asset], borrowed[asset]):
             problems.append(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.fixedpoint import format_units, parse_units
+from engine.funding import DEFAULT_FUNDING, FundingParams
 from engine.lending import DEFAULT_LENDING, LendingParams
 from engine.risk import DEFAULT_RISK, AssetRisk
 from engine.types import MarketKind
@@ -74,6 +75,8 @@ class ExchangeConfig:
     # Lending pool rate curves per asset (engine/lending.py) and how often interest settles.
     lending: dict[str, LendingParams] = field(default_factory=lambda: dict(DEFAULT_LENDING))
     interest_interval_ms: int = 3_600_000
+    # Perp funding: premium samples, settlements and the impact notional (engine/funding.py).
+    funding: FundingParams = DEFAULT_FUNDING
 
     @property
     def quote_asset(self) -> str:
@@ -127,6 +130,7 @@ class ExchangeConfig:
                 problems += pool.problems(asset)
         if self.interest_interval_ms <= 0:
             problems.append("interest_interval_ms must be positive")
+        problems += self.funding.problems()
         if 0 not in self.fee_tiers:
             problems.append("fee tier 0 (the default) is missing")
         return problems

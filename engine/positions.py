@@ -57,13 +57,16 @@ class Position:
         return self.open_notional * unit // self.size if self.size else None
 
 
-def mark_price(index: int | None, best_bid: int | None, best_ask: int | None) -> int | None:
-    """median(index, best bid, best ask) clamped to index +/- 10%; the index alone when a
-    side of the book is empty (DESIGN section 8, without the EMA term for now)."""
+def mark_price(
+    index: int | None, best_bid: int | None, best_ask: int | None, basis: int = 0
+) -> int | None:
+    """median(index + basis, best bid, best ask) clamped to index +/- 10%, where `basis`
+    is the EMA of mid - index (engine/funding.py); the index alone when a side of the
+    book is empty (DESIGN section 8)."""
     if index is None:
         return None
     if best_bid is None or best_ask is None:
         return index
-    median = sorted((index, best_bid, best_ask))[1]
+    median = sorted((index + basis, best_bid, best_ask))[1]
     low, high = index - index // 10, index + index // 10
     return min(max(median, low), high)

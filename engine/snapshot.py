@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from engine.accounts import FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, Account, ApiKey
 from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
+from engine.funding import MarketFunding
 from engine.positions import Position
 from engine.types import (
     LedgerReason,
@@ -121,10 +122,13 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         "deposits": sorted([k, _transfer_out(t)] for k, t in ex.deposits.items()),
         "withdrawals": sorted([k, _transfer_out(t)] for k, t in ex.withdrawals.items()),
         "signatures": [[s, ts] for s, ts in ex.signatures.items()],
-        "oracle": [
-            [e.asset, e.price, e.ts, e.stale] for _, e in sorted(ex.oracle.prices.items())
-        ],
+        "oracle": [[e.asset, e.price, e.ts, e.stale] for _, e in sorted(ex.oracle.prices.items())],
         "interest_ts": ex.interest_ts,
+        "funding": [
+            [m, f.premium_sum, f.samples, f.basis, f.last_rate]
+            for m, f in sorted(ex.funding.items())
+        ],
+        "funding_ts": [ex.next_sample_ts, ex.next_funding_ts],
         "positions": [
             [a.account_id, m, p.size, p.open_notional, p.realized]
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
@@ -176,6 +180,10 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         ex.accounts.setdefault(aid, Account(aid, name, 0, 0))
     for aid, market, size, open_notional, realized in snap.get("positions", []):
         ex.accounts[aid].positions[market] = Position(market, size, open_notional, realized)
+        ex.open_interest[market] += max(size, 0)
+    for market, premium_sum, samples, basis, last_rate in snap.get("funding", []):
+        ex.funding[market] = MarketFunding(market, premium_sum, samples, basis, last_rate)
+    ex.next_sample_ts, ex.next_funding_ts = snap.get("funding_ts", [None, None])
     for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():

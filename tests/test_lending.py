@@ -22,6 +22,7 @@ from engine.commands import (
 )
 from engine.events import Rejected, Transfer
 from engine.exchange import Exchange
+from engine.funding import FundingParams
 from engine.lending import STABLE, VOLATILE, borrow_rate_ppm, interest_due, supply_rate_ppm
 from engine.markets import default_config
 from engine.snapshot import take_snapshot
@@ -30,6 +31,7 @@ from engine.types import LedgerReason, Reject, Side
 USDC, BTC = 10**6, 10**8
 HOUR = 3_600_000
 ALICE, BOB = 1000, 1001
+FAR_FUNDING = FundingParams(100 * HOUR, 100 * HOUR, 1)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +61,11 @@ def test_supply_rate_and_volatile_curve() -> None:
 
 def world() -> Exchange:
     """Alice supplies 10,000 USDC; Bob holds 1 BTC; BTC index 50,000."""
-    cfg = dataclasses.replace(default_config(), oracle_stale_ms=10 * HOUR)
+    cfg = dataclasses.replace(  # funding samples far apart: these tests are about lending
+        default_config(),
+        oracle_stale_ms=10 * HOUR,
+        funding=FundingParams(100 * HOUR, 100 * HOUR, 1),
+    )
     ex = Exchange(cfg)
     for seq, cmd in enumerate(
         [
@@ -128,7 +134,11 @@ def test_borrow_refusals() -> None:
 
 def margin_world() -> Exchange:
     """Alice supplies 1,000,000 USDC; Bob holds 0.1 BTC; no BTC index yet."""
-    cfg = dataclasses.replace(default_config(), oracle_stale_ms=10 * HOUR)
+    cfg = dataclasses.replace(  # funding samples far apart: these tests are about lending
+        default_config(),
+        oracle_stale_ms=10 * HOUR,
+        funding=FundingParams(100 * HOUR, 100 * HOUR, 1),
+    )
     ex = Exchange(cfg)
     ex.apply(CreateAccount(seq=1, ts=1, name="a", api_key="ka", api_secret="s"))
     ex.apply(CreateAccount(seq=2, ts=1, name="b", api_key="kb", api_secret="s"))

@@ -13,7 +13,8 @@ from app.oracle_sim import CENT, DEFAULT_START, starting_prices, step
 from engine.commands import PlaceOrder, SetOraclePrices, Tick
 from engine.events import IndexStale, IndexUpdated, Rejected
 from engine.exchange import Exchange
-from engine.markets import default_config
+from engine.funding import FundingParams
+from engine.markets import ExchangeConfig, default_config
 from engine.snapshot import take_snapshot
 from engine.types import Reject, Side, TimeInForce
 
@@ -21,12 +22,17 @@ USDC = 10**6
 BTC_65000_5 = 65_000_500_000  # 65,000.5 USDC per BTC in USDC atomic units
 
 
+def no_funding() -> ExchangeConfig:
+    """The default markets with funding samples far apart: these tests are about the index."""
+    return dataclasses.replace(default_config(), funding=FundingParams(10**9, 10**9, 1))
+
+
 def prices(seq: int, ts: int, *pairs: tuple[str, int]) -> SetOraclePrices:
     return SetOraclePrices(seq=seq, ts=ts, prices=pairs)
 
 
 def test_prices_are_set_in_asset_order_with_the_command_ts() -> None:
-    ex = Exchange(default_config())
+    ex = Exchange(no_funding())
     events = ex.apply(prices(1, 1_000, ("SOL", 150 * USDC), ("BTC", BTC_65000_5)))
     assert events == [
         IndexUpdated("BTC", BTC_65000_5, 1_000),
@@ -65,7 +71,7 @@ def test_refused_prices_change_nothing(
 
 
 def test_a_price_goes_stale_exactly_at_set_ts_plus_the_limit() -> None:
-    ex = Exchange(default_config())  # oracle_stale_ms = 15,000
+    ex = Exchange(no_funding())  # oracle_stale_ms = 15,000
     ex.apply(prices(1, 1_000, ("BTC", BTC_65000_5)))
     ex.apply(prices(2, 9_000, ("ETH", 3_000 * USDC)))
     assert ex.apply(Tick(seq=3, ts=15_999)) == []
@@ -84,7 +90,7 @@ def test_a_price_goes_stale_exactly_at_set_ts_plus_the_limit() -> None:
 
 
 def test_next_deadline_is_the_earlier_of_expiry_and_staleness() -> None:
-    ex = Exchange(default_config())
+    ex = Exchange(no_funding())
     ex.apply(prices(1, 1_000, ("BTC", BTC_65000_5)))
     assert ex.next_deadline() == 16_000
     from engine.commands import CreateAccount, Deposit

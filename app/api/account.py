@@ -7,6 +7,7 @@ fills) come from the database projections written in the same transaction.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -27,7 +28,7 @@ from app.errors import ApiError
 from app.runtime import Runtime
 from app.sequencer import ServiceUnavailable
 from app.store import queries
-from app.views import fill_row_wire, ledger_row_wire
+from app.views import fill_row_wire, funding_payment_wire, ledger_row_wire
 from engine import commands as c
 from engine.events import AccountSettingsChanged
 from engine.fixedpoint import format_units
@@ -176,6 +177,28 @@ async def ledger(
         cursor=parse_cursor(cursor),
     )
     return page("entries", [ledger_row_wire(rt.config, r) for r in rows], nxt)
+
+
+@router.get("/funding-payments", responses=ERR, summary="Your funding payments, newest first")
+async def funding_payments(
+    request: Request,
+    market: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = None,
+    who: Principal = Depends(signed("read")),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if market is not None:
+        market_spec(rt, market)
+    if cursor is not None and not re.fullmatch(r"\d{1,18}:[A-Za-z0-9-]{1,40}", cursor):
+        raise ApiError("INVALID_CURSOR", "no such cursor")
+    rows, nxt = await queries.list_funding_payments(
+        rt.db, who.account_id, market=market, limit=limit, cursor=cursor
+    )
+    return {
+        "payments": [funding_payment_wire(rt.config, r) for r in rows],
+        "next_cursor": nxt,
+    }
 
 
 @router.get("/fills", responses=ERR, summary="Your fills, newest first")

@@ -12,12 +12,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import ORJSONResponse, PlainTextResponse
 
-from app.api.deps import market_spec, public_limit, runtime
+from app.api.deps import market_spec, page, parse_cursor, public_limit, runtime
 from app.api.schemas import error_responses
 from app.errors import ApiError
 from app.metrics import render_metrics
 from app.sequencer import ServiceUnavailable
-from app.views import lending_wire, market_wire
+from app.store import queries
+from app.views import funding_row_wire, lending_wire, market_wire
+from engine.types import MarketKind
 
 router = APIRouter(prefix="/v1", tags=["public"], dependencies=[Depends(public_limit)])
 metrics_router = APIRouter(tags=["public"])
@@ -121,6 +123,21 @@ async def ticker(request: Request, market: str) -> Any:
     rt = runtime(request)
     market_spec(rt, market)
     return rt.marketdata.ticker(market, int(time.time() * 1000))
+
+
+@router.get("/markets/{market}/funding", responses=ERR, summary="Funding settlements, newest first")
+async def funding(
+    request: Request,
+    market: str,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = None,
+) -> Any:
+    rt = runtime(request)
+    spec = market_spec(rt, market)
+    if spec.kind is not MarketKind.PERP:
+        raise ApiError("UNKNOWN_MARKET", f"{market} is not a perpetual: it has no funding")
+    rows, nxt = await queries.list_funding(rt.db, market, limit, parse_cursor(cursor))
+    return page("funding", [funding_row_wire(rt.config, r) for r in rows], nxt)
 
 
 @router.get("/markets/{market}", responses=ERR, summary="One market")

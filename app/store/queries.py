@@ -176,3 +176,35 @@ async def list_api_keys(
     for row in rows:
         row["permissions"] = [p for p in row["permissions"].split(",") if p]
     return rows, next_cursor
+
+
+async def list_funding(
+    store: Store | AsyncEngine, market: str, limit: int = 100, cursor: int | None = None
+) -> Page:
+    """A perp's funding settlements, newest first; cursor = the last ts seen."""
+    f = t.funding
+    q = select(f).where(f.c.market == market)
+    if cursor is not None:
+        q = q.where(f.c.ts < cursor)
+    return await _page(store, q.order_by(f.c.ts.desc()), "ts", limit)
+
+
+async def list_funding_payments(
+    store: Store | AsyncEngine,
+    account_id: int,
+    market: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page:
+    """An account's funding payments, newest first (ts, then market, descending);
+    cursor = "ts:market" of the last row seen."""
+    fp = t.funding_payments
+    q = select(fp).where(fp.c.account_id == account_id)
+    if market is not None:
+        q = q.where(fp.c.market == market)
+    if cursor is not None:
+        ts_text, _, last_market = cursor.partition(":")
+        ts = int(ts_text)
+        q = q.where((fp.c.ts < ts) | ((fp.c.ts == ts) & (fp.c.market < last_market)))
+    rows, last = await _page(store, q.order_by(fp.c.ts.desc(), fp.c.market.desc()), "ts", limit)
+    return rows, None if last is None else f"{last}:{rows[-1]['market']}"

@@ -35,6 +35,8 @@ from engine.events import (
     ApiKeyCreated,
     ApiKeyRevoked,
     Event,
+    FundingPayment,
+    FundingSettled,
     MarketStateChanged,
     OrderUpdate,
     TradeEvent,
@@ -79,6 +81,8 @@ class _Rows:
         "settings",
         "keys",
         "revoked",
+        "funding",
+        "funding_payments",
         "ledger",
         "balances",
         "orders",
@@ -99,6 +103,8 @@ class _Rows:
         self.trades: list[dict[str, Any]] = []
         self.fills: list[dict[str, Any]] = []
         self.states: dict[str, str] = {}
+        self.funding: list[dict[str, Any]] = []
+        self.funding_payments: list[dict[str, Any]] = []
 
 
 def _project(entries: Sequence[Entry]) -> _Rows:
@@ -175,6 +181,33 @@ def _project(entries: Sequence[Entry]) -> _Rows:
                 r.revoked.append({"b_api_key": ev.api_key, "revoked": True})
             elif isinstance(ev, MarketStateChanged):
                 r.states[ev.market] = ev.state.value
+            elif isinstance(ev, FundingSettled):
+                r.funding.append(
+                    {
+                        "market": ev.market,
+                        "ts": ev.ts,
+                        "rate": ev.rate,
+                        "premium": ev.premium,
+                        "index_price": ev.index_price,
+                        "samples": ev.samples,
+                        "open_interest": ev.open_interest,
+                        "dust": ev.dust,
+                        "seq": seq,
+                    }
+                )
+            elif isinstance(ev, FundingPayment):
+                r.funding_payments.append(
+                    {
+                        "account_id": ev.account_id,
+                        "ts": ev.ts,
+                        "market": ev.market,
+                        "size": ev.size,
+                        "index_price": ev.index_price,
+                        "rate": ev.rate,
+                        "amount": ev.amount,
+                        "seq": seq,
+                    }
+                )
     return r
 
 
@@ -262,6 +295,8 @@ class Store:
         self._trades = prep(t.trades.insert())
         self._fills = prep(t.fills.insert())
         self._states = prep(upsert(t.market_states))
+        self._funding = prep(t.funding.insert())
+        self._funding_payments = prep(t.funding_payments.insert())
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -302,6 +337,8 @@ class Store:
             (self._trades, r.trades),
             (self._fills, r.fills),
             (self._states, [{"market": m, "state": st} for m, st in r.states.items()]),
+            (self._funding, r.funding),
+            (self._funding_payments, r.funding_payments),
         ]
         async with self.engine.begin() as conn:
             for prepared, rows in steps:

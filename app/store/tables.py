@@ -152,6 +152,33 @@ ledger = Table(
     Index("ix_ledger_account_asset_transfer", "account_id", "asset", "transfer_id"),
 )
 
+funding = Table(
+    "funding",
+    metadata,
+    Column("market", String, primary_key=True),
+    Column("ts", BigInteger, primary_key=True, autoincrement=False),
+    _big("rate"),  # ppb paid by longs (< 0: by shorts) at this settlement
+    _big("premium"),  # the average premium sample, ppb
+    _big("index_price"),
+    _big("samples"),
+    _big("open_interest"),
+    _big("dust"),
+    _big("seq"),
+)
+
+funding_payments = Table(
+    "funding_payments",
+    metadata,
+    Column("account_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", BigInteger, primary_key=True, autoincrement=False),
+    Column("market", String, primary_key=True),
+    _big("size"),
+    _big("index_price"),
+    _big("rate"),
+    _big("amount"),  # > 0 paid, < 0 received
+    _big("seq"),
+)
+
 market_states = Table(
     "market_states",
     metadata,

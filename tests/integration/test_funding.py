@@ -1,0 +1,121 @@
+"""Funding over the real server, on SQLite and Postgres: samples every second,
+settlements every 2 s; the ticker, the funding history, each account's payments
+and its ledger agree to the last atomic unit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from exchange_client import ApiError, AsyncExchangeClient
+from tests.integration.conftest import MakeTrader, start_server_with_markets
+from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
+
+PERP = "BTC-PERP"
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp(f"funding-{request.param}")
+    overrides = {
+        "funding_sample_s": 1,
+        "funding_interval_s": 2,
+        "impact_notional": "1000",
+        "oracle_stale_s": 3600,
+    }
+    yield from start_server_with_markets(request.param, tmp, overrides)
+
+
+@pytest.fixture
+async def admin(server: ServerProcess) -> AsyncIterator[AsyncExchangeClient]:
+    async with AsyncExchangeClient(server.base_url, ADMIN_KEY, ADMIN_SECRET) as client:
+        yield client
+
+
+async def settlement_after(client: AsyncExchangeClient, after_ts: int) -> dict[str, Any]:
+    """The first funding settlement of BTC-PERP at or after `after_ts` (waits for it)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rows = (await client.funding(PERP))["funding"]
+        later = [r for r in rows if r["ts"] >= after_ts]
+        if later:
+            return later[-1]
+        await asyncio.sleep(0.2)
+    raise AssertionError("no funding settlement came")
+
+
+async def test_longs_pay_shorts_through_the_wire(
+    admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    await admin.set_oracle_prices({"BTC": "50000"})
+    alice = await make_trader({"USDC": "10000"})
+    bob = await make_trader({"USDC": "10000"})
+    mm = await make_trader({"USDC": "10000"})
+    await bob.client.place_order(market=PERP, side="sell", type="limit", price="50000",
+                                 size="0.2")  # fmt: skip
+    await alice.client.place_order(market=PERP, side="buy", type="limit", price="50000",
+                                   size="0.2", time_in_force="ioc")  # fmt: skip
+    # the book trades 0.2% over the index: premium 0.002, F = 0.0015, 0.0001875 a settlement
+    await mm.client.place_order(market=PERP, side="buy", type="limit", price="50100", size="0.1")
+    await mm.client.place_order(market=PERP, side="sell", type="limit", price="50300", size="0.1")
+    ready = int(time.time() * 1000)
+    # the first settlement whose samples all came after the quotes: one interval later
+    row = await settlement_after(admin, ready + 2_000)
+    assert {k: row[k] for k in ("rate", "premium", "index_price", "open_interest", "dust")} == {
+        "rate": "0.0001875",
+        "premium": "0.002",
+        "index_price": "50000",
+        "open_interest": "0.2",
+        "dust": "0",
+    }
+    assert row["samples"] in (1, 2)  # 2 a settlement; fewer if one fell on a busy tick
+    ts = row["ts"]
+    for trader, amount in ((alice, "1.875"), (bob, "-1.875")):
+        payments = (await trader.client.funding_payments(market=PERP))["payments"]
+        (paid,) = [p for p in payments if p["ts"] == ts]
+        assert paid == {
+            "market": PERP,
+            "size": "0.2" if trader is alice else "-0.2",
+            "index_price": "50000",
+            "rate": "0.0001875",
+            "amount": amount,
+            "asset": "USDC",
+            "ts": ts,
+        }
+        ledger = (await trader.client.ledger(asset="USDC"))["entries"]
+        (entry,) = [e for e in ledger if e["ref"] == f"funding:{PERP}:{ts}"]
+        assert (entry["reason"], Decimal(entry["amount"])) == ("funding", -Decimal(amount))
+        # every funding payment the account ever had is in its ledger, and no more
+        all_paid = sum(Decimal(p["amount"]) for p in payments)
+        in_ledger = sum(Decimal(e["amount"]) for e in ledger if e["reason"] == "funding")
+        assert in_ledger == -all_paid
+    ticker = await admin.ticker(PERP)
+    assert ticker["funding_rate"] == "0.0001875"
+    assert ticker["open_interest"] == "0.2"
+    assert ticker["next_funding_ts"] > ts and ticker["next_funding_ts"] % 2_000 == 0
+    # mark = median(index + basis, bid, ask): the bid, 50,100
+    assert ticker["mark"] == "50100"
+    audit = await admin.request("GET", "/v1/admin/audit")
+    assert audit["invariants"] == []
+
+
+async def test_funding_routes_refuse_what_has_no_funding(
+    admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    with pytest.raises(ApiError) as err:
+        await admin.funding("BTC-USDC")
+    assert (err.value.status, err.value.code) == (404, "UNKNOWN_MARKET")
+    trader = await make_trader({})
+    assert await trader.client.funding_payments() == {"payments": [], "next_cursor": None}
+    with pytest.raises(ApiError) as err:
+        await trader.client.funding_payments(cursor="bogus")
+    assert (err.value.status, err.value.code) == (404, "INVALID_CURSOR")
