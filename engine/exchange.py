@@ -295,8 +295,17 @@ class Exchange:
         acct = self._account(cmd.account_id)
         if cmd.tier is not None and cmd.tier not in self.config.fee_tiers:
             raise _Refused(Reject.INVALID_AMOUNT, f"unknown fee tier {cmd.tier}")
-        if cmd.tier is not None and cmd.tier != acct.tier:
+        borrowing = acct.auto_borrow if cmd.auto_borrow is None else cmd.auto_borrow
+        if cmd.tier is not None and cmd.tier != acct.tier and not borrowing:
             self._check_holds_under_tier(acct, self.config.fee_tiers[cmd.tier])
+        if not borrowing:
+            short = sorted(a for a in acct.holds if acct.hold(a) > 0 and acct.available(a) < 0)
+            if short:
+                raise _Refused(
+                    Reject.INSUFFICIENT_BALANCE,
+                    f"open orders would borrow {short[0]}: cancel them before turning "
+                    "auto_borrow off",
+                )
         if cmd.stp is not None:
             acct.stp = cmd.stp
         if cmd.auto_borrow is not None:
@@ -411,21 +420,29 @@ class Exchange:
                 Reject.INSUFFICIENT_BALANCE,
                 f"open orders hold {asset}: cancel them before borrowing it",
             )
-        pool = self.pools[asset]
         own = max(acct.balance(asset), 0)
-        loan = amount - own
-        if amount > pool.free:
+        rates = self._rates_with_loan(asset, amount - own, own)
+        self._check_margin(acct, {asset: -amount}, "", rates)
+
+    def _rates_with_loan(self, asset: str, loan: int, own_leaving: int = 0) -> dict[str, int]:
+        """May an account borrow `loan` of `asset` (with `own_leaving` of its own supply
+        leaving the exchange too, for a withdrawal)? Refused (INSUFFICIENT_LIQUIDITY)
+        beyond the pool's free liquidity or its maximum utilization; else the borrow
+        rates with the loan taken (the margin check values the loan at the rate it
+        causes). A trade moves supply between users, so only a loan uses liquidity."""
+        pool = self.pools[asset]
+        if loan + own_leaving > pool.free:
             raise _Refused(Reject.INSUFFICIENT_LIQUIDITY, f"the {asset} pool has {pool.free} free")
-        supplied, borrowed = pool.supplied - own, pool.borrowed + loan
+        supplied, borrowed = pool.supplied - own_leaving, pool.borrowed + loan
         limit = self.config.lending[asset].max_utilization_ppm
         if borrowed * LENDING_PPM > limit * supplied:
             raise _Refused(
                 Reject.INSUFFICIENT_LIQUIDITY,
                 f"the {asset} pool would pass its maximum utilization",
             )
-        rates = self.borrow_rates()  # the loan's 10-day horizon at the rate it causes
+        rates = self.borrow_rates()
         rates[asset] = borrow_rate_ppm(self.config.lending[asset], supplied, borrowed)
-        self._check_margin(acct, {asset: -amount}, "", rates)
+        return rates
 
     def _has_exposure(self, acct: Account) -> bool:
         """Does the account's margin matter: a loan, an open position or a perp order?"""
@@ -831,17 +848,24 @@ class Exchange:
         o.reduce_only = cmd.reduce_only
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
-        if (
-            not funds_checked
-            and not cmd.reduce_only
-            and (spec.kind is MarketKind.PERP or self._has_exposure(acct))
-        ):  # a spot order of an account with loans or positions can lower its health too
-            self._check_margin(acct, {}, "with the order filled", extra=o)
-        if not funds_checked and need > 0 and acct.available(hold_asset) < need:
-            raise _Refused(
-                Reject.INSUFFICIENT_BALANCE,
-                f"needs {need} {hold_asset} available, has {acct.available(hold_asset)}",
-            )
+        available = acct.available(hold_asset)
+        if not funds_checked:
+            rates = None
+            short = need > 0 and need > available
+            if short and acct.auto_borrow:
+                # the order may hold more than the account has: what it lacks becomes a
+                # loan as it fills, so the pool must have it and margin must pass
+                rates = self._rates_with_loan(hold_asset, need - max(available, 0))
+            if rates is not None or (
+                not cmd.reduce_only
+                and (spec.kind is MarketKind.PERP or self._has_exposure(acct))
+            ):  # a spot order of an account with loans or positions can lower its health too
+                self._check_margin(acct, {}, "with the order filled", rates, extra=o)
+            if short and not acct.auto_borrow:
+                raise _Refused(
+                    Reject.INSUFFICIENT_BALANCE,
+                    f"needs {need} {hold_asset} available, has {available}",
+                )
         if (
             tif is TimeInForce.FOK
             and self._walk(market.book, cmd.side, price, cmd.size, account_id, stp)[0] < cmd.size
@@ -1001,8 +1025,8 @@ class Exchange:
     def _cover_holds(self, acct: Account, asset: str) -> None:
         """After a perp loss or fee: if `asset` no longer covers what spot orders hold,
         cancel them, newest first, until it does (CancelReason.MARGIN)."""
-        if acct.hold(asset) <= 0 or acct.available(asset) >= 0:
-            return
+        if acct.hold(asset) <= 0 or acct.available(asset) >= 0 or acct.auto_borrow:
+            return  # (with auto_borrow, holds may exceed the balance: margin stands behind)
         for o in sorted(acct.live.values(), key=lambda o: o.order_id, reverse=True):
             if acct.available(asset) >= 0:
                 break
@@ -1247,14 +1271,23 @@ class Exchange:
                 avail[spec.base] -= item.size
                 avail[spec.quote] += notional - fee
             short = sorted(a for a, v in avail.items() if v < 0)
-            if short:
+            if short and not acct.auto_borrow:
                 raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: insufficient {short[0]}")
             margin_change[spec.base] += item.size if item.side is Side.BUY else -item.size
             margin_change[spec.quote] += -(notional + fee) if item.side is Side.BUY else (
                 notional - fee)  # fmt: skip
             legs.append(item if item.price is not None else replace(item, price=price))
-        if any(k.endswith(":size") for k in margin_change):
-            after = self._initial_health(acct, margin_change, self.borrow_rates())
+        rates: dict[str, int] | None = None
+        for asset in sorted(a for a, v in avail.items() if v < 0):  # auto_borrow loans
+            try:
+                loan_rates = self._rates_with_loan(asset, -avail[asset])
+            except _Refused as r:
+                raise _Refused(Reject.ATOMIC_BATCH_FAILED, r.detail) from r
+            rates = {**(rates or loan_rates), asset: loan_rates[asset]}
+        if rates is not None or any(k.endswith(":size") for k in margin_change):
+            after = self._initial_health(
+                acct, margin_change, self.borrow_rates() if rates is None else rates
+            )
             if after is None or after < 0:
                 raise _Refused(
                     Reject.ATOMIC_BATCH_FAILED,

@@ -40,6 +40,7 @@ from engine.commands import (
     Deposit,
     PlaceOrder,
     RevokeApiKey,
+    SetAccountSettings,
     SetOraclePrices,
     Withdraw,
 )
@@ -87,8 +88,8 @@ class _Extras:
         users = sorted(a for a in ex.accounts if a >= 1000)
         kind = rng.choices(
             ("account", "fund", "order", "key", "revoke", "batch_cancel", "borrow", "oracle",
-             "perp"),
-            (1, 3, 8, 2, 2, 4, 3, 4, 10),
+             "perp", "auto_borrow"),
+            (1, 3, 8, 2, 2, 4, 3, 4, 10, 2),
         )[0]
         if kind == "account" or not self.new_accounts:
             key = self._id("key")
@@ -125,6 +126,19 @@ class _Extras:
                 price=CENTER[market] + rng.randint(-4, 4) * spec.tick,
                 client_order_id=self._id("cid") if rng.random() < 0.5 else None,
             )
+        if kind == "auto_borrow" and self.funded:  # orders may then borrow what they lack
+            acct = rng.choice(sorted(self.funded))
+            if not ex.accounts[acct].auto_borrow or rng.random() < 0.2:
+                return SetAccountSettings(account_id=acct, auto_borrow=rng.random() < 0.8)
+            market = rng.choice(("BTC-USDC", "ETH-USDC"))  # more than it has: a loan
+            spec = self.cfg.markets[market]
+            side = rng.choice((Side.BUY, Side.SELL))
+            price = CENTER[market] + (4 if side is Side.BUY else -4) * spec.tick
+            have = ex.accounts[acct].available(spec.quote if side is Side.BUY else spec.base)
+            size = max(have, 0) * spec.base_unit // price if side is Side.BUY else max(have, 0)
+            size = (size * rng.randint(11, 15) // 10 // spec.lot + 1) * spec.lot
+            return PlaceOrder(account_id=acct, market=market, side=side, size=size,
+                              type=OrderType.LIMIT, tif=TimeInForce.IOC, price=price)  # fmt: skip
         if kind == "key":
             acct = rng.choice(users)
             key = self._id("key")
@@ -301,6 +315,20 @@ def test_workload_is_mixed(original: Original) -> None:
         if isinstance(e, Transfer) and PNL_CLEARING in (e.from_account, e.to_account)
     ]
     assert len(pnl) > 2  # positions reduced or flipped: PnL through clearing
+    borrowers = {
+        c.account_id
+        for c in original.commands
+        if isinstance(c, SetAccountSettings) and c.auto_borrow
+    }
+    order_loans = [  # a trade that took an auto_borrow account's balance below 0
+        e
+        for e in flat
+        if isinstance(e, Transfer)
+        and e.reason is LedgerReason.TRADE
+        and e.from_account in borrowers
+        and e.from_balance < 0 <= e.from_balance + e.amount
+    ]
+    assert len(order_loans) > 2
     assert len(original.snapshots) >= 10
 
 
