@@ -61,6 +61,7 @@ from engine.lending import (
 )
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
+from engine.portfolio import RiskView, WhatIfOrder, risk_view, what_if_change
 from engine.positions import Position, mark_price
 from engine.risk import Level, PerpExposure, health
 from engine.types import (
@@ -1360,9 +1361,38 @@ class Exchange:
             "maker_fee_ppm": tier.maker_ppm,
             "taker_fee_ppm": tier.taker_ppm,
             "open_orders": len(acct.live),
-            "health": self.health(account_id),
+            **self._risk_fields(risk_view(self, acct)),
             "rates": self._balance_rates(acct),
             "positions": self._positions_view(acct),
+        }
+
+    @staticmethod
+    def _risk_fields(view: RiskView) -> dict[str, Any]:
+        return {
+            "health": view.health,
+            "health_by_asset": view.by_asset,
+            "liquidation_prices": view.liquidation_prices,
+        }
+
+    def what_if(
+        self, account_id: int, orders: list[WhatIfOrder], prices: dict[str, int]
+    ) -> dict[str, Any]:
+        """The account's risk now and after `orders` filled at `prices` (engine/portfolio.py);
+        {"error": (Reject, detail)} for a question it cannot answer."""
+        acct = self.accounts.get(account_id)
+        if acct is None or account_id < FIRST_USER_ACCOUNT:
+            return {"error": (Reject.UNKNOWN_ACCOUNT, "no such account")}
+        for asset, price in prices.items():
+            if asset not in self.config.assets or asset == self.config.quote_asset:
+                return {"error": (Reject.UNKNOWN_ASSET, f"no index for {asset}")}
+            if not 0 < price <= MAX_UNITS:
+                return {"error": (Reject.INVALID_PRICE, f"{asset}: price must be positive")}
+        change, reason, detail = what_if_change(self, acct, orders)
+        if reason is not None:
+            return {"error": (reason, detail)}
+        return {
+            "before": self._risk_fields(risk_view(self, acct)),
+            "after": self._risk_fields(risk_view(self, acct, change, prices)),
         }
 
     def _positions_view(self, acct: Account) -> list[dict[str, Any]]:
@@ -1376,6 +1406,7 @@ class Exchange:
             out.append(
                 {
                     "market": market,
+                    "base": self.markets[market].spec.base,
                     "size": pos.size,
                     "entry_price": pos.entry_price(unit),
                     "mark_price": mark,
@@ -1482,10 +1513,17 @@ class Exchange:
         return state
 
     def _state_health(
-        self, state: dict[str, int], rates: dict[str, int], level: Level, marks: dict[str, int]
+        self,
+        state: dict[str, int],
+        rates: dict[str, int],
+        level: Level,
+        marks: dict[str, int],
+        perp_marks: dict[str, int] | None = None,
+        parts: dict[str, int] | None = None,
     ) -> int | None:
         """engine/risk.py on balances and "M:size"/"M:notional" positions, at the index
-        prices `marks` and each perp's mark."""
+        prices `marks` and each perp's mark (or the one `perp_marks` gives it); `parts`
+        receives the contribution of each asset."""
         cfg = self.config
         balances: dict[str, int] = {}
         perps: list[PerpExposure] = []
@@ -1499,7 +1537,10 @@ class Exchange:
             elif key.endswith(":size") and value:
                 market = key[: -len(":size")]
                 spec = self.markets[market].spec
-                mark = self._perp_mark(market, marks)
+                if perp_marks is not None and market in perp_marks:
+                    mark: int | None = perp_marks[market]
+                else:
+                    mark = self._perp_mark(market, marks)
                 if mark is None:
                     return None
                 upnl = value * mark // spec.base_unit - state.get(market + ":notional", 0)
@@ -1513,6 +1554,7 @@ class Exchange:
             rates,
             cfg.quote_asset,
             level,
+            parts,
         )
 
     def _index_marks(self, fresh: bool) -> dict[str, int]:

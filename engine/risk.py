@@ -117,14 +117,19 @@ def health(
     borrow_rates_ppm: dict[str, int],
     quote: str,
     level: Level,
+    parts: dict[str, int] | None = None,
 ) -> int | None:
     """The account's health at `level` (its equity for Level.EQUITY), in quote atomic units,
-    rounded down; None when an asset it holds, owes or trades has no mark."""
+    rounded down; None when an asset it holds, owes or trades has no mark. With `parts`,
+    also each asset's contribution (rounded down): the quote's is its adjusted balance
+    plus every perp's unrealized PnL, another asset's is its `token_value`."""
     total = adjusted(balances.get(quote, 0), None, borrow_rates_ppm.get(quote, 0), level)
     by_asset: dict[str, list[PerpExposure]] = {}
     for p in perps:
         by_asset.setdefault(p.asset, []).append(p)
         total += p.unrealized_pnl
+    if parts is not None:
+        parts[quote] = total.__floor__()
     for asset in sorted(set(balances) | set(by_asset)):
         if asset == quote:
             continue
@@ -144,8 +149,11 @@ def health(
         )
         adj = adjusted(balance, params, borrow_rates_ppm.get(asset, 0), level)
         unit = 10 ** decimals[asset]
-        total += min(
+        token_value = min(
             _value(adj, on_asset, mark * (1 + shock), unit, slip),
             _value(adj, on_asset, mark * (1 - shock), unit, slip),
         )
+        total += token_value
+        if parts is not None:
+            parts[asset] = token_value.__floor__()
     return total.__floor__()

@@ -23,7 +23,14 @@ from app.api.deps import (
     submit,
     to_units,
 )
-from app.api.schemas import KeyRequest, SettingsRequest, WithdrawalRequest, error_responses
+from app.api.orders import order_command
+from app.api.schemas import (
+    KeyRequest,
+    SettingsRequest,
+    WhatIfRequest,
+    WithdrawalRequest,
+    error_responses,
+)
 from app.errors import ApiError
 from app.runtime import Runtime
 from app.sequencer import ServiceUnavailable
@@ -32,13 +39,16 @@ from app.views import fill_row_wire, funding_payment_wire, ledger_row_wire
 from engine import commands as c
 from engine.events import AccountSettingsChanged
 from engine.fixedpoint import format_units
+from engine.portfolio import WhatIfOrder
 from engine.types import StpMode
 
 router = APIRouter(prefix="/v1", tags=["account"])
 ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 
 
-def position_wire(rt: Runtime, p: dict[str, Any]) -> dict[str, Any]:
+def position_wire(
+    rt: Runtime, p: dict[str, Any], liquidation: dict[str, int | None]
+) -> dict[str, Any]:
     spec = rt.config.markets[p["market"]]
     quote = rt.config.assets[spec.quote].decimals
 
@@ -54,7 +64,22 @@ def position_wire(rt: Runtime, p: dict[str, Any]) -> dict[str, Any]:
         if p["unrealized_pnl"] is None
         else format_units(p["unrealized_pnl"], quote),
         "realized_pnl": format_units(p["realized_pnl"], quote),
-        "liquidation_price": None,
+        "liquidation_price": price(liquidation.get(p["base"])),
+    }
+
+
+def risk_wire(rt: Runtime, view: dict[str, Any]) -> dict[str, Any]:
+    """Health per level, each asset's part in it, and liquidation prices (engine/portfolio.py)."""
+    quote = rt.config.assets[rt.config.quote_asset].decimals
+    return {
+        "health": health_wire(view["health"], quote),
+        "health_by_asset": {
+            asset: health_wire(levels, quote) for asset, levels in view["health_by_asset"].items()
+        },
+        "liquidation_prices": {
+            asset: None if p is None else format_units(p, quote)
+            for asset, p in view["liquidation_prices"].items()
+        },
     }
 
 
@@ -94,8 +119,10 @@ async def account(request: Request, who: Principal = Depends(signed("read"))) ->
         "account_id": str(aid),
         "name": state["name"],
         "balances": balances,
-        "positions": [position_wire(rt, p) for p in state["positions"]],
-        "health": health_wire(state["health"], rt.config.assets[rt.config.quote_asset].decimals),
+        "positions": [
+            position_wire(rt, p, state["liquidation_prices"]) for p in state["positions"]
+        ],
+        **risk_wire(rt, state),
         "margin_state": "normal",
         "deadline": None,
         "open_orders": state["open_orders"],
@@ -107,6 +134,36 @@ async def account(request: Request, who: Principal = Depends(signed("read"))) ->
             "taker_fee_ppm": state["taker_fee_ppm"],
         },
     }
+
+
+@router.post("/account/what-if", responses=ERR, summary="Health after orders and prices")
+async def what_if(
+    body: WhatIfRequest, request: Request, who: Principal = Depends(signed("read"))
+) -> dict[str, Any]:
+    """Nothing is placed: the account's risk now (`before`) and with every order counted
+    as completely filled at the given index prices (top level, like `before`)."""
+    rt = runtime(request)
+    if rt.sequencer is None:
+        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    orders = []
+    for item in body.orders:
+        cmd = order_command(rt, who.account_id, item)
+        orders.append(WhatIfOrder(cmd.market, cmd.side, cmd.size, cmd.price))
+    quote = rt.config.quote_asset
+    decimals = rt.config.assets[quote].decimals if quote else 0
+    prices = {
+        asset: to_units(text, decimals, "INVALID_PRICE", "price")
+        for asset, text in body.prices.items()
+    }
+    aid = who.account_id
+    try:
+        out = await rt.sequencer.query(lambda ex: ex.what_if(aid, orders, prices))
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+    if "error" in out:
+        reason, detail = out["error"]
+        raise ApiError(reason.name, detail)
+    return {**risk_wire(rt, out["after"]), "before": risk_wire(rt, out["before"])}
 
 
 @router.put("/account/settings", responses=ERR, summary="Default STP mode and auto-borrow")

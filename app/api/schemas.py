@@ -102,6 +102,13 @@ class OraclePricesRequest(Body):
     prices: dict[AssetName, DecimalText] = Field(min_length=1, max_length=64)
 
 
+class WhatIfRequest(Body):
+    """Orders (REST order bodies; each counted as completely filled) and index prices."""
+
+    orders: list[OrderRequest] = Field(default_factory=list, max_length=20)
+    prices: dict[AssetName, DecimalText] = Field(default_factory=dict, max_length=64)
+
+
 class MarketStateRequest(Body):
     state: Literal["open", "reduce_only", "cancel_only", "halted"]
 

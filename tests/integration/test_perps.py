@@ -43,7 +43,8 @@ async def test_open_mark_and_close_a_perp_position(
         "mark_price": "55000",
         "unrealized_pnl": "1000",
         "realized_pnl": "0",
-        "liquidation_price": None,
+        # maintenance(X) = 9,996 + 0.2 X - 10,000 - 0.2 * (8% + 0.5% * 92%) X = 0.18308 X - 4
+        "liquidation_price": "21.848372",
     }
     assert usdc(bob_view) == Decimal("9996")  # only the 0.04% taker fee moved
     assert bob_view["health"]["equity"] == "10996"
