@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,27 @@ from app.config import Settings, load_exchange_config
 from app.marketdata import MarketData
 from app.ratelimit import RateLimiter
 from app.recovery import RecoveryReport, encode_snapshot, recover
-from app.sequencer import Entry, Sequencer
+from app.sequencer import Entry, Sequencer, ServiceUnavailable
 from app.store import Store
-from app.views import fill_from_trade, order_wire, transfer_wire
+from app.views import (
+    fill_from_trade,
+    funding_payment_wire,
+    health_wire,
+    order_wire,
+    position_event_wire,
+    transfer_wire,
+)
 from app.ws.hub import Hub
 from engine.events import (
     ApiKeyCreated,
     ApiKeyRevoked,
     BookDelta,
     Event,
+    FundingPayment,
     FundingSampled,
     MarketStateChanged,
     OrderUpdate,
+    PositionChanged,
     TradeEvent,
     Transfer,
 )
@@ -49,6 +59,7 @@ from engine.types import MarketState, Side
 
 log = logging.getLogger("exchange.runtime")
 MARKETDATA_TRADES = 5000  # newest trades per market replayed into candles/tickers at start
+HEALTH_PUSH_S = 1.0  # how often connected accounts get their health, when it changed
 
 
 def admin_credentials(settings: Settings) -> tuple[str, str, bool]:
@@ -71,6 +82,10 @@ def new_admin_credentials(path: Path) -> tuple[str, str]:
     with os.fdopen(fd, "w") as fh:
         json.dump({"api_key": key, "api_secret": secret}, fh)
     return key, secret
+
+
+def _healths(ex: Exchange, accounts: list[int]) -> tuple[int, dict[int, Any]]:
+    return ex.last_seq, {a: ex.health(a) for a in accounts}
 
 
 class Runtime:
@@ -101,6 +116,7 @@ class Runtime:
         self._snap_seq = 0
         self._snap_time = time.monotonic()
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- life
     async def start(self) -> None:
@@ -127,6 +143,7 @@ class Runtime:
         )
         self.engine = engine
         self.sequencer.start()
+        self._health_task = asyncio.create_task(self._health_stream(), name="health-stream")
         self.status = "ready"
         self._maybe_snapshot()  # a long replay is worth a snapshot at once
         log.info("open for commands at seq %d", engine.last_seq)
@@ -138,6 +155,8 @@ class Runtime:
     async def stop(self) -> None:
         if self._startup is not None and not self._startup.done():
             self._startup.cancel()
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.sequencer is not None:
             await self.sequencer.stop()
         await self.hub.close_all()
@@ -306,3 +325,35 @@ class Runtime:
                 for account in (e.from_account, e.to_account):
                     msg = {"type": "balance", "seq": seq, **transfer_wire(config, e, account)}
                     hub.send_private(account, "account", orjson.dumps(msg).decode())
+            elif isinstance(e, PositionChanged):
+                msg = {"type": "position", "seq": seq, **position_event_wire(config, e)}
+                hub.send_private(e.account_id, "account", orjson.dumps(msg).decode())
+            elif isinstance(e, FundingPayment):
+                row = {**e._asdict(), "index_price": e.index_price}
+                msg = {"type": "funding", "seq": seq, **funding_payment_wire(config, row)}
+                hub.send_private(e.account_id, "account", orjson.dumps(msg).decode())
+
+    async def _health_stream(self) -> None:
+        """Once a second, each account with a connection on its `account` channel gets
+        its health (`{"type":"health"}`) when it changed since the last one sent. Read
+        between batches (Sequencer.query), so it is committed state."""
+        sent: dict[int, Any] = {}
+        decimals = self.config.assets[self.config.quote_asset].decimals
+        while True:
+            await asyncio.sleep(HEALTH_PUSH_S)
+            seq = self.sequencer
+            accounts = self.hub.accounts_on("account")
+            for gone in set(sent) - set(accounts):
+                del sent[gone]
+            if seq is None or not seq.ready or not accounts:
+                continue
+            try:
+                at, by_account = await seq.query(partial(_healths, accounts=accounts))
+            except ServiceUnavailable:
+                continue
+            for account, health in by_account.items():
+                wire = health_wire(health, decimals)
+                if sent.get(account) != wire:
+                    sent[account] = wire
+                    msg = {"type": "health", "seq": at, "health": wire}
+                    self.hub.send_private(account, "account", orjson.dumps(msg).decode())

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from engine.events import OrderView, TradeEvent, Transfer, fill_row, posting_row
+from engine.events import (
+    OrderView,
+    PositionChanged,
+    TradeEvent,
+    Transfer,
+    fill_row,
+    posting_row,
+)
 from engine.fixedpoint import format_units
 from engine.markets import ExchangeConfig, MarketSpec
 from engine.risk import AssetRisk
@@ -191,4 +198,24 @@ def funding_payment_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[s
         "amount": format_units(r["amount"], spec.quote_decimals),
         "asset": spec.quote,
         "ts": r["ts"],
+    }
+
+
+def health_wire(levels: dict[Any, int | None], decimals: int) -> dict[str, str | None]:
+    """Health per level and equity in the quote asset; null where an asset has no price."""
+    return {
+        str(level): None if value is None else format_units(value, decimals)
+        for level, value in levels.items()
+    }
+
+
+def position_event_wire(config: ExchangeConfig, e: PositionChanged) -> dict[str, Any]:
+    """A position after a fill (private `account` channel): size, entry price, realized PnL."""
+    spec = config.markets[e.market]
+    entry = e.open_notional * spec.base_unit // e.size if e.size else None
+    return {
+        "market": e.market,
+        "size": spec.fmt_size(e.size),
+        "entry_price": None if entry is None else spec.fmt_price(entry),
+        "realized_pnl": format_units(e.realized, spec.quote_decimals),
     }

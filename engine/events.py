@@ -157,6 +157,17 @@ class IndexStale(NamedTuple):
     ts: int
 
 
+class PositionChanged(NamedTuple):
+    """An account's perp position after a fill: signed size, open notional (the quote
+    paid for the open part) and cumulative realized PnL."""
+
+    account_id: int
+    market: str
+    size: int
+    open_notional: int
+    realized: int
+
+
 class FundingSampled(NamedTuple):
     """A perp's premium sample (engine/funding.py): the rate the next settlement would
     pay so far, the mark basis, the open interest (sum of long sizes) and when the next
@@ -218,6 +229,7 @@ Event = (
     | MarketStateChanged
     | IndexUpdated
     | IndexStale
+    | PositionChanged
     | FundingSampled
     | FundingSettled
     | FundingPayment

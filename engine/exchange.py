@@ -45,6 +45,7 @@ from engine.events import (
     MarketStateChanged,
     OrderUpdate,
     OrderView,
+    PositionChanged,
     Rejected,
     TradeEvent,
     Transfer,
@@ -1018,6 +1019,9 @@ class Exchange:
         before = pos.size
         pnl = pos.fill(qty, price, spec.base_unit)
         self.open_interest[spec.symbol] += max(pos.size, 0) - max(before, 0)
+        self._events.append(
+            PositionChanged(acct.account_id, spec.symbol, pos.size, pos.open_notional, pos.realized)
+        )
         if pnl > 0:
             self._transfer(spec.quote, PNL_CLEARING, acct.account_id, pnl, LedgerReason.TRADE, ref)
         elif pnl < 0:

@@ -35,7 +35,7 @@ from app.errors import ApiError
 from app.runtime import Runtime
 from app.sequencer import ServiceUnavailable
 from app.store import queries
-from app.views import fill_row_wire, funding_payment_wire, ledger_row_wire
+from app.views import fill_row_wire, funding_payment_wire, health_wire, ledger_row_wire
 from engine import commands as c
 from engine.events import AccountSettingsChanged
 from engine.fixedpoint import format_units
@@ -80,14 +80,6 @@ def risk_wire(rt: Runtime, view: dict[str, Any]) -> dict[str, Any]:
             asset: None if p is None else format_units(p, quote)
             for asset, p in view["liquidation_prices"].items()
         },
-    }
-
-
-def health_wire(levels: dict[Any, int | None], decimals: int) -> dict[str, str | None]:
-    """Health per level and equity in the quote asset; null where an asset has no price."""
-    return {
-        str(level): None if value is None else format_units(value, decimals)
-        for level, value in levels.items()
     }
 
 

@@ -197,6 +197,12 @@ class Hub:
             if not subs:
                 del self._channels[channel]
 
+    def accounts_on(self, channel: str) -> list[int]:
+        """The accounts with a connection subscribed to private `channel`."""
+        return sorted(
+            a for a, conns in self._accounts.items() if any(channel in c.channels for c in conns)
+        )
+
     def subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 

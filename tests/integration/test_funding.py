@@ -5,6 +5,7 @@ and its ledger agree to the last atomic unit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -12,11 +13,16 @@ from typing import Any
 
 import pytest
 
-from exchange_client import ApiError, AsyncExchangeClient
+from exchange_client import ApiError, AsyncExchangeClient, ExchangeWebSocket
 from tests.integration.conftest import MakeTrader, start_server_with_markets
 from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
 
 PERP = "BTC-PERP"
+ETH = "ETH-PERP"
+
+
+def pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: d[k] for k in keys}
 
 
 @pytest.fixture(
@@ -119,3 +125,47 @@ async def test_funding_routes_refuse_what_has_no_funding(
     with pytest.raises(ApiError) as err:
         await trader.client.funding_payments(cursor="bogus")
     assert (err.value.status, err.value.code) == (404, "INVALID_CURSOR")
+
+
+async def test_private_stream_carries_position_funding_and_health(
+    server: ServerProcess, admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    await admin.set_oracle_prices({"ETH": "3000"})  # a market the other tests leave alone
+    alice = await make_trader({"USDC": "10000"})
+    bob = await make_trader({"USDC": "10000"})
+    mm = await make_trader({"USDC": "10000"})
+    async with await ExchangeWebSocket(request_timeout=5).connect(server.ws_url) as ws:
+        await ws.auth(alice.api_key, alice.api_secret)
+        await ws.subscribe(["account"])
+        await bob.client.place_order(market=ETH, side="sell", type="limit", price="3000",
+                                     size="1")  # fmt: skip
+        await alice.client.place_order(market=ETH, side="buy", type="limit", price="3000",
+                                       size="1", time_in_force="ioc")  # fmt: skip
+        await mm.client.place_order(market=ETH, side="buy", price="3006", size="1")
+        await mm.client.place_order(market=ETH, side="sell", price="3018", size="1")
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 10
+        def full(m: dict[str, Any]) -> bool:  # a settlement whose samples all saw the quotes
+            return m["type"] == "funding" and m["rate"] == "0.0001875"
+
+        while time.monotonic() < deadline and not (
+            {"position", "health"} <= {m["type"] for m in got} and any(map(full, got))
+        ):
+            with contextlib.suppress(TimeoutError):
+                got.append(await ws.recv(timeout=1))
+    kinds = {m["type"] for m in got}
+    assert {"position", "funding", "health", "balance"} <= kinds, got
+    (pos,) = [m for m in got if m["type"] == "position"]
+    assert {k: pos[k] for k in ("market", "size", "entry_price", "realized_pnl")} == {
+        "market": ETH, "size": "1", "entry_price": "3000", "realized_pnl": "0"}  # fmt: skip
+    funding = next(filter(full, got))
+    # premium (3,006 - 3,000) / 3,000 = 0.2%: the settlement rate 0.0001875 of 3,000
+    assert pick(funding, "market", "size", "asset", "rate", "amount") == {
+        "market": ETH, "size": "1", "asset": "USDC", "rate": "0.0001875", "amount": "0.5625"}
+    # the message is the payment as GET /v1/funding-payments shows it
+    payments = (await alice.client.funding_payments())["payments"]
+    assert {k: v for k, v in funding.items() if k not in ("type", "seq")} in payments
+    health = [m for m in got if m["type"] == "health"][-1]
+    assert set(health["health"]) == {"initial", "maintenance", "liquidation_end", "equity"}
+    # the ledger entry of the funding payment came as a balance message too
+    assert any(m["type"] == "balance" and m["reason"] == "funding" for m in got)
