@@ -45,6 +45,7 @@ class Account:
         "client_ids",
         "positions",
         "perp_orders",
+        "reduce_only",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
@@ -60,6 +61,7 @@ class Account:
         self.client_ids: dict[str, int] = {}  # client order id -> live order id
         self.positions: dict[str, Position] = {}  # perp market -> position (kept when flat)
         self.perp_orders = 0  # how many of `live` are perp orders (margin matters then)
+        self.reduce_only = 0  # how many of `live` are reduce-only (fitted to positions)
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)

@@ -65,6 +65,7 @@ from engine.oracle import Oracle
 from engine.portfolio import RiskView, WhatIfOrder, risk_view, what_if_change
 from engine.positions import Position, mark_price
 from engine.risk import Level, PerpExposure, health
+from engine.triggers import LIMIT_TYPES, STOP_TYPES, TriggerBook, triggers_on_rise
 from engine.types import (
     CancelReason,
     LedgerReason,
@@ -143,6 +144,11 @@ class Exchange:
         self.next_sample_ts: int | None = None  # the next funding sample (None: not yet set)
         self.next_funding_ts: int | None = None  # the next funding settlement
         self.open_interest = {m: 0 for m in sorted(self._perp_markets)}  # sum of long sizes
+        self.triggers = {m: TriggerBook() for m in sorted(self._perp_markets)}
+        self.untriggered = 0  # live stop / take-profit orders waiting for their trigger
+        # (account, perp) whose position moved in this command while it has reduce-only
+        # orders: those are fitted to the position once the command is done
+        self._reduced: set[tuple[int, str]] = set()
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -201,6 +207,8 @@ class Exchange:
                     refused.order_id,
                 )
             )
+        if self.untriggered or self._reduced:
+            self._after_command()
         for market in self.markets.values():
             book = market.book
             if book.dirty_bids or book.dirty_asks:
@@ -682,10 +690,15 @@ class Exchange:
             raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
         self._check_state_for_new(market, cmd.reduce_only)
         spec = market.spec
-        if cmd.type not in (OrderType.LIMIT, OrderType.MARKET):
+        stop = cmd.type in STOP_TYPES
+        if stop and spec.kind is not MarketKind.PERP:
             raise _Refused(
-                Reject.UNSUPPORTED_ORDER_TYPE, f"{cmd.type.value} orders are not supported yet"
+                Reject.UNSUPPORTED_ORDER_TYPE, "stop and take-profit orders are on perps only"
             )
+        if stop and cmd.trigger_price is None:
+            raise _Refused(Reject.TRIGGER_PRICE_REQUIRED, f"a {cmd.type.value} order needs one")
+        if not stop and cmd.trigger_price is not None:
+            raise _Refused(Reject.TRIGGER_PRICE_NOT_ALLOWED, "only stop and take-profit orders")
         if cmd.reduce_only and spec.kind is MarketKind.SPOT:
             raise _Refused(Reject.REDUCE_ONLY_NOT_SPOT)
         if spec.kind is MarketKind.PERP:
@@ -700,12 +713,21 @@ class Exchange:
             raise _Refused(
                 Reject.SIZE_BELOW_MINIMUM, f"minimum size is {spec.fmt_size(spec.min_size)}"
             )
-        if cmd.price is None and cmd.type is OrderType.LIMIT:
+        limit = cmd.type in LIMIT_TYPES
+        if cmd.price is None and limit:
             raise _Refused(Reject.PRICE_REQUIRED, "a limit order needs a price")
+        if cmd.price is not None and stop and not limit:
+            raise _Refused(Reject.PRICE_NOT_ALLOWED, "a stop market order takes no price")
         if cmd.price is not None:
             self._check_price(cmd.price, spec)
-        if cmd.type is OrderType.MARKET and cmd.tif not in (TimeInForce.IOC, TimeInForce.FOK):
+        if cmd.trigger_price is not None:
+            self._check_price(cmd.trigger_price, spec)
+        if not limit and cmd.tif not in (TimeInForce.IOC, TimeInForce.FOK):
             raise _Refused(Reject.INVALID_TIME_IN_FORCE, "market orders are ioc or fok")
+        if stop and cmd.tif in (TimeInForce.FOK, TimeInForce.POST_ONLY):
+            raise _Refused(
+                Reject.INVALID_TIME_IN_FORCE, "stop and take-profit orders are gtc, ioc or gtt"
+            )
         if (cmd.tif is TimeInForce.GTT) != (cmd.expire_ts is not None):
             raise _Refused(Reject.INVALID_EXPIRE_TS, "expire_ts goes with time_in_force gtt only")
         if cmd.expire_ts is not None and not self._ts < cmd.expire_ts <= MAX_TS:
@@ -717,28 +739,38 @@ class Exchange:
                 f"client_order_id is used by live order {live}",
                 order_id=live,
             )
-        price = cmd.price if cmd.price is not None else self._protective_price(market, cmd.side)
+        if stop:  # priced (and checked against the book) when it triggers
+            price = cmd.price if cmd.price is not None else cmd.trigger_price or 0
+        else:
+            price = cmd.price if cmd.price is not None else self._protective_price(market, cmd.side)
         if spec.notional(price, cmd.size) > MAX_UNITS:
             raise _Refused(
                 Reject.INVALID_SIZE, "the order's notional is beyond the exchange's limit"
             )
         if cmd.tif is TimeInForce.POST_ONLY and self._crosses(market.book, cmd.side, price):
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
+        if stop and cmd.trigger_price is not None:
+            mark = self.mark(spec.symbol)
+            if mark is not None and self._reached(cmd.type, cmd.side, cmd.trigger_price, mark):
+                raise _Refused(
+                    Reject.WOULD_TRIGGER_IMMEDIATELY,
+                    f"the mark {spec.fmt_price(mark)} is already past the trigger",
+                )
         return market, price
+
+    @staticmethod
+    def _reached(type_: OrderType, side: Side, trigger: int, mark: int) -> bool:
+        return mark >= trigger if triggers_on_rise(type_, side) else mark <= trigger
 
     def _check_perp_order(self, cmd: c.PlaceOrder, acct: Account, spec: MarketSpec) -> None:
         """A stale (or missing) index lets only reduce-only orders in; a reduce-only order
-        is immediate (ioc/fok) and may only shrink the position it faces."""
+        may only shrink the position it faces, so it may not be larger than it."""
         if not cmd.reduce_only and self.oracle.index(spec.base) is None:
             raise _Refused(
                 Reject.MARKET_REDUCE_ONLY, f"the {spec.base} index is stale: reduce-only orders"
             )
         if not cmd.reduce_only:
             return
-        if cmd.tif not in (TimeInForce.IOC, TimeInForce.FOK):
-            raise _Refused(
-                Reject.INVALID_TIME_IN_FORCE, "reduce-only orders are ioc or fok (or market)"
-            )
         pos = acct.positions.get(spec.symbol)
         size = pos.size if pos is not None else 0
         if size == 0 or (size > 0) == (cmd.side is Side.BUY) or cmd.size > abs(size):
@@ -848,6 +880,18 @@ class Exchange:
             self._ts,
         )
         o.reduce_only = cmd.reduce_only
+        if cmd.type in STOP_TYPES:  # waits for the mark; judged by margin when it triggers
+            o.trigger_price = cmd.trigger_price
+            o.status = OrderStatus.UNTRIGGERED
+            self.next_order_id += 1
+            self._index_live(o, acct)
+            assert cmd.trigger_price is not None
+            self.triggers[spec.symbol].add(
+                o.order_id, cmd.trigger_price, triggers_on_rise(o.type, o.side)
+            )
+            self.untriggered += 1
+            self._events.append(OrderUpdate(o.view()))
+            return o
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
         available = acct.available(hold_asset)
@@ -859,8 +903,7 @@ class Exchange:
                 # loan as it fills, so the pool must have it and margin must pass
                 rates = self._rates_with_loan(hold_asset, need - max(available, 0))
             if rates is not None or (
-                not cmd.reduce_only
-                and (spec.kind is MarketKind.PERP or self._has_exposure(acct))
+                not cmd.reduce_only and (spec.kind is MarketKind.PERP or self._has_exposure(acct))
             ):  # a spot order of an account with loans or positions can lower its health too
                 self._check_margin(acct, {}, "with the order filled", rates, extra=o)
             if short and not acct.auto_borrow:
@@ -886,21 +929,14 @@ class Exchange:
                 o.status = OrderStatus.FILLED
             elif stopped:
                 self._finish(o, OrderStatus.CANCELLED, CancelReason.STP)
-            elif o.type is OrderType.LIMIT and o.tif in (
+            elif o.type in LIMIT_TYPES and o.tif in (
                 TimeInForce.GTC,
                 TimeInForce.GTT,
                 TimeInForce.POST_ONLY,
             ):
                 o.status = OrderStatus.PARTIALLY_FILLED if o.filled else OrderStatus.OPEN
                 market.book.add(o)
-                self.orders[o.order_id] = o
-                acct.live[o.order_id] = o
-                if market.spec.kind is MarketKind.PERP:
-                    acct.perp_orders += 1
-                if o.client_order_id is not None:
-                    acct.client_ids[o.client_order_id] = o.order_id
-                if o.expire_ts is not None:
-                    heapq.heappush(self.expiries, (o.expire_ts, o.order_id))
+                self._index_live(o, acct)
             else:
                 o.status = OrderStatus.CANCELLED
                 o.cancel_reason = CancelReason.IOC_REMAINDER.value
@@ -909,6 +945,19 @@ class Exchange:
         o.updated_ts = self._ts
         self._refresh_hold(o, market.spec, acct)
         self._events.append(OrderUpdate(o.view()))
+
+    def _index_live(self, o: Order, acct: Account) -> None:
+        """A live order (resting or waiting for its trigger) into the live indexes."""
+        self.orders[o.order_id] = o
+        acct.live[o.order_id] = o
+        if o.market in self._perp_markets:
+            acct.perp_orders += 1
+        if o.reduce_only:
+            acct.reduce_only += 1
+        if o.client_order_id is not None:
+            acct.client_ids[o.client_order_id] = o.order_id
+        if o.expire_ts is not None:
+            heapq.heappush(self.expiries, (o.expire_ts, o.order_id))
 
     def _match(self, t: Order, market: Market, acct: Account) -> bool:
         """Fill `t` against the book; True when self-trade prevention stopped the taker."""
@@ -945,15 +994,30 @@ class Exchange:
                             t.status = OrderStatus.CANCELLED
                             t.cancel_reason = CancelReason.STP.value
                             return False
-                else:
-                    self._trade(t, maker, market, acct)
+                elif not (maker.reduce_only or t.reduce_only):
+                    self._trade(t, maker, market, acct, min(t.remaining, maker.remaining))
+                else:  # a reduce-only side fills no more than the position it reduces
+                    q = min(t.remaining, maker.remaining)
+                    if maker.reduce_only:
+                        room = self._reduce_room(maker)
+                        if room == 0:
+                            self._cancel_resting(
+                                maker, CancelReason.REDUCE_ONLY, OrderStatus.CANCELLED
+                            )
+                            maker = nxt
+                            continue
+                        q = min(q, room)
+                    if t.reduce_only:
+                        q = min(q, self._reduce_room(t))
+                        if q == 0:
+                            return False
+                    self._trade(t, maker, market, acct, q)
                 maker = nxt
         return False
 
-    def _trade(self, t: Order, m: Order, market: Market, t_acct: Account) -> None:
+    def _trade(self, t: Order, m: Order, market: Market, t_acct: Account, q: int) -> None:
         spec = market.spec
         m_acct = self.accounts[m.account_id]
-        q = min(t.remaining, m.remaining)
         price = m.price
         notional = spec.notional(price, q)
         market.book.shrink(m, q)
@@ -1022,6 +1086,8 @@ class Exchange:
         self._events.append(
             PositionChanged(acct.account_id, spec.symbol, pos.size, pos.open_notional, pos.realized)
         )
+        if acct.reduce_only:
+            self._reduced.add((acct.account_id, spec.symbol))
         if pnl > 0:
             self._transfer(spec.quote, PNL_CLEARING, acct.account_id, pnl, LedgerReason.TRADE, ref)
         elif pnl < 0:
@@ -1048,6 +1114,8 @@ class Exchange:
         self.orders.pop(o.order_id, None)
         if acct.live.pop(o.order_id, None) is not None and o.market in self._perp_markets:
             acct.perp_orders -= 1
+            if o.reduce_only:
+                acct.reduce_only -= 1
         if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) == o.order_id:
             del acct.client_ids[o.client_order_id]
 
@@ -1066,6 +1134,8 @@ class Exchange:
         acct = self.accounts[o.account_id]
         if o.level is not None:
             market.book.remove(o)
+        elif o.status is OrderStatus.UNTRIGGERED:
+            self.untriggered -= 1  # (its trigger-book entry is dropped when popped)
         self._finish(o, status, reason)
         o.updated_ts = self._ts
         self._drop_live(o, acct)
@@ -1134,6 +1204,11 @@ class Exchange:
             raise _Refused(Reject.MARKET_CANCEL_ONLY)
         spec = market.spec
         acct = self.accounts[o.account_id]
+        if o.status is OrderStatus.UNTRIGGERED:
+            raise _Refused(
+                Reject.UNSUPPORTED_ORDER_TYPE,
+                "an order waiting for its trigger cannot be amended: cancel it and place another",
+            )
         new_price = o.price if cmd.price is None else cmd.price
         new_size = o.size if cmd.size is None else cmd.size
         if new_price == o.price and new_size == o.size:
@@ -1158,6 +1233,11 @@ class Exchange:
         if new_size <= o.filled:
             raise _Refused(
                 Reject.AMEND_SIZE_NOT_ABOVE_FILLED, "new size must exceed the filled size"
+            )
+        if o.reduce_only and new_size - o.filled > self._reduce_room(o):
+            raise _Refused(
+                Reject.REDUCE_ONLY_WOULD_INCREASE,
+                "a reduce-only order may not outgrow the position",
             )
         if new_price == o.price and new_size < o.size:
             market.book.shrink(o, o.size - new_size)
@@ -1195,6 +1275,107 @@ class Exchange:
             o = self.orders.get(oid)
             if o is not None and o.expire_ts == exp:
                 self._cancel_resting(o, None, OrderStatus.EXPIRED)
+
+    # ------------------------------------------------- triggers and reduce-only
+    def _after_command(self) -> None:
+        """Trigger the stop and take-profit orders the mark has reached and fit
+        reduce-only orders to positions that moved, until neither has work left (a
+        triggered order may move the mark or a position in turn)."""
+        while True:
+            fired = self._run_triggers() if self.untriggered else False
+            fitted = self._fit_reduce_only() if self._reduced else False
+            if not fired and not fitted:
+                return
+
+    def _run_triggers(self) -> bool:
+        fired = False
+        marks = self._index_marks(fresh=True)
+        for market, waiting in self.triggers.items():
+            m = self.markets[market]
+            if not waiting or m.state in (MarketState.HALTED, MarketState.CANCEL_ONLY):
+                continue
+            mark = self._perp_mark(market, marks)
+            if mark is None:
+                continue  # no fresh index: orders wait
+            for trigger, oid in waiting.due(mark):
+                o = self.orders.get(oid)
+                if (
+                    o is None
+                    or o.status is not OrderStatus.UNTRIGGERED
+                    or o.trigger_price != trigger
+                ):
+                    continue  # cancelled or expired since
+                self._trigger(o, m)
+                fired = True
+        return fired
+
+    def _trigger(self, o: Order, market: Market) -> None:
+        """The mark reached `o`'s trigger: it becomes a limit or market order now, judged
+        like a new one (margin; a reduce-only one is fitted to the position)."""
+        acct = self.accounts[o.account_id]
+        self.untriggered -= 1
+        self._unindex(o, acct)  # re-indexed by _match_and_rest if it rests
+        o.status = OrderStatus.OPEN
+        o.updated_ts = self._ts
+        reason: CancelReason | None = None
+        if market.state is MarketState.REDUCE_ONLY and not o.reduce_only:
+            reason = CancelReason.MARKET_STATE
+        elif o.reduce_only:
+            room = self._reduce_room(o)
+            if room == 0:
+                reason = CancelReason.REDUCE_ONLY
+            elif o.remaining > room:
+                o.size = o.filled + room
+        if reason is None and o.type not in LIMIT_TYPES:
+            if market.book.best(o.side.opposite) is None:
+                reason = CancelReason.NO_LIQUIDITY
+            else:
+                o.price = self._protective_price(market, o.side)
+        if reason is None and not o.reduce_only:
+            after = self._initial_health(acct, {}, self.borrow_rates(), o)
+            if after is None or after < 0:
+                reason = CancelReason.MARGIN
+        if reason is not None:
+            self._finish(o, OrderStatus.CANCELLED, reason)
+            self._remember_done(o)
+            self._events.append(OrderUpdate(o.view()))
+            return
+        self._match_and_rest(o, market, acct)
+
+    def _reduce_room(self, o: Order) -> int:
+        """How much `o` may still fill without growing its account's position."""
+        pos = self.accounts[o.account_id].positions.get(o.market)
+        size = pos.size if pos is not None else 0
+        return max(size, 0) if o.side is Side.SELL else max(-size, 0)
+
+    def _fit_reduce_only(self) -> bool:
+        """Shrink (or cancel) resting reduce-only orders larger than what is left of the
+        position they reduce; each order on its own is capped by the position."""
+        changed = False
+        todo = sorted(self._reduced)
+        self._reduced.clear()
+        for aid, market in todo:
+            acct = self.accounts[aid]
+            for oid in sorted(acct.live):
+                o = acct.live.get(oid)
+                if (
+                    o is None
+                    or not o.reduce_only
+                    or o.market != market
+                    or o.status is OrderStatus.UNTRIGGERED
+                ):
+                    continue
+                room = self._reduce_room(o)
+                if room == 0:
+                    self._cancel_resting(o, CancelReason.REDUCE_ONLY, OrderStatus.CANCELLED)
+                    changed = True
+                elif o.remaining > room:
+                    self.markets[market].book.shrink(o, o.remaining - room)
+                    o.size = o.filled + room
+                    o.updated_ts = self._ts
+                    self._events.append(OrderUpdate(o.view()))
+                    changed = True
+        return changed
 
     # ----------------------------------------------------------------- batches
     def _batch_place(self, cmd: c.BatchPlace) -> None:
@@ -1459,6 +1640,8 @@ class Exchange:
         top_fee = max(self._tier(acct).taker_ppm, 0)
         sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
         for o in [*acct.live.values(), *([extra] if extra is not None else [])]:
+            if o.status is OrderStatus.UNTRIGGERED:
+                continue  # judged when it triggers
             spec = self.markets[o.market].spec
             bids, asks = sides.setdefault(o.market, ({}, {}))
             fill = bids if o.side is Side.BUY else asks

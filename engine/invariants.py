@@ -9,7 +9,9 @@
   negative balances;
 * every hold equals the sum of what the account's live orders need;
 * no book is crossed; level totals and counts match their orders;
-* every resting order is live, belongs to a live account and is indexed.
+* every resting order is live, belongs to a live account and is indexed; an order
+  waiting for its trigger is in no book but in its market's trigger book;
+* a resting reduce-only order is never larger than the position it reduces.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from engine.accounts import FIRST_USER_ACCOUNT, FUNDING
-from engine.types import Side
+from engine.types import OrderStatus, Side
 
 if TYPE_CHECKING:
     from engine.exchange import Exchange
@@ -59,6 +61,14 @@ def check(ex: Exchange) -> list[str]:
                 f"balances say {supplied[asset]} / {borrowed[asset]}"
             )
 
+    waiting = [o for o in ex.orders.values() if o.status is OrderStatus.UNTRIGGERED]
+    if ex.untriggered != len(waiting) or any(o.level is not None for o in waiting):
+        problems.append(f"{ex.untriggered} untriggered counted, {len(waiting)} waiting")
+    queued = {oid for t in ex.triggers.values() for _, oid in t.rising + t.falling}
+    missing = sorted(o.order_id for o in waiting if o.order_id not in queued)
+    if missing:
+        problems.append(f"untriggered orders {missing} are in no trigger book")
+
     want_holds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for oid, o in ex.orders.items():
         owner = ex.accounts.get(o.account_id)
@@ -81,6 +91,12 @@ def check(ex: Exchange) -> list[str]:
         perp_orders = sum(1 for o in acct.live.values() if o.market in ex._perp_markets)
         if acct.perp_orders != perp_orders:
             problems.append(f"account {acct.account_id} counts {acct.perp_orders} perp orders")
+        reducing = [o for o in acct.live.values() if o.reduce_only]
+        if acct.reduce_only != len(reducing):
+            problems.append(f"account {acct.account_id} counts {acct.reduce_only} reduce-only")
+        for o in reducing:  # never more than the position it reduces
+            if o.status is not OrderStatus.UNTRIGGERED and o.remaining > ex._reduce_room(o):
+                problems.append(f"reduce-only order {o.order_id} outgrows its position")
         if len(acct.live) != sum(1 for o in acct.live.values() if ex.orders.get(o.order_id) is o):
             problems.append(f"account {acct.account_id} lists orders that are not live")
         for asset in set(acct.holds) | set(want_holds[acct.account_id]):
@@ -115,6 +131,8 @@ def check(ex: Exchange) -> list[str]:
                         problems.append(f"{sym} resting order {o.order_id} has nothing left")
     resting = sum(lv.count for m in ex.markets.values() for lv in m.book.bids.values())
     resting += sum(lv.count for m in ex.markets.values() for lv in m.book.asks.values())
-    if resting != len(ex.orders):
-        problems.append(f"{len(ex.orders)} live orders but {resting} resting")
+    if resting + len(waiting) != len(ex.orders):
+        problems.append(
+            f"{len(ex.orders)} live orders but {resting} resting, {len(waiting)} waiting"
+        )
     return problems

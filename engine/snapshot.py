@@ -18,6 +18,7 @@ from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
 from engine.funding import MarketFunding
 from engine.positions import Position
+from engine.triggers import triggers_on_rise
 from engine.types import (
     LedgerReason,
     MarketKind,
@@ -119,6 +120,11 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             for sym, m in sorted(ex.markets.items())
         },
         "done": [_order_out(o) for o in ex.done.values()],
+        "untriggered": [
+            _order_out(o)
+            for _, o in sorted(ex.orders.items())
+            if o.status is OrderStatus.UNTRIGGERED
+        ],
         "deposits": sorted([k, _transfer_out(t)] for k, t in ex.deposits.items()),
         "withdrawals": sorted([k, _transfer_out(t)] for k, t in ex.withdrawals.items()),
         "signatures": [[s, ts] for s, ts in ex.signatures.items()],
@@ -164,11 +170,19 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
             acct.live[o.order_id] = o
             if market.spec.kind is MarketKind.PERP:
                 acct.perp_orders += 1
+            if o.reduce_only:
+                acct.reduce_only += 1
             if o.client_order_id is not None:
                 acct.client_ids[o.client_order_id] = o.order_id
             if o.expire_ts is not None:
                 heapq.heappush(ex.expiries, (o.expire_ts, o.order_id))
         market.book.take_delta()
+    for row in snap.get("untriggered", []):  # waiting for their trigger: not in a book
+        o = _order_in(row)
+        ex._index_live(o, ex.accounts[o.account_id])
+        assert o.trigger_price is not None
+        ex.triggers[o.market].add(o.order_id, o.trigger_price, triggers_on_rise(o.type, o.side))
+        ex.untriggered += 1
     ex.done = OrderedDict((row[0], _order_in(row)) for row in snap["done"])
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}

@@ -91,7 +91,8 @@ class CancelReason(StrEnum):
     DISCONNECT = "cancel_on_disconnect"
     DEAD_MAN = "dead_man_switch"
     MARKET_STATE = "market_state"
-    MARGIN = "margin"  # a perp loss or fee left the funds below what the order held
+    MARGIN = "margin"  # funds below what the order held, or a triggered order failed margin
+    REDUCE_ONLY = "reduce_only"  # the position it reduces shrank to nothing (or flipped)
 
 
 class LedgerReason(StrEnum):
@@ -133,6 +134,8 @@ class Reject(IntEnum):
     NOTHING_TO_AMEND = 114
     INVALID_PERMISSIONS = 115
     ATOMIC_LEG_NOT_IMMEDIATE = 116
+    TRIGGER_PRICE_REQUIRED = 117
+    TRIGGER_PRICE_NOT_ALLOWED = 118
     # 2xx: market
     UNKNOWN_MARKET = 201
     UNKNOWN_ASSET = 202
@@ -150,6 +153,7 @@ class Reject(IntEnum):
     SELF_TRADE_PREVENTED = 308
     ATOMIC_BATCH_FAILED = 309
     REDUCE_ONLY_WOULD_INCREASE = 310
+    WOULD_TRIGGER_IMMEDIATELY = 311
     # 4xx: funds and risk
     INSUFFICIENT_BALANCE = 401
     INSUFFICIENT_MARGIN = 402

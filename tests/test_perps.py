@@ -148,9 +148,8 @@ def test_reduce_only_rules_and_a_stale_index() -> None:
     (r,) = rejections(run(ex, order(BOB, Side.SELL, BTC // 5, 50_000 * USDC,
                                     reduce_only=True, tif=TimeInForce.IOC)))  # fmt: skip
     assert r.reason is Reject.REDUCE_ONLY_WOULD_INCREASE  # would flip to short
-    (r,) = rejections(run(ex, order(BOB, Side.SELL, BTC // 10, 50_000 * USDC,
-                                    reduce_only=True)))  # fmt: skip
-    assert r.reason is Reject.INVALID_TIME_IN_FORCE  # resting reduce-only: not yet
+    resting = run(ex, order(BOB, Side.SELL, BTC // 10, 51_000 * USDC, reduce_only=True))
+    assert rejections(resting) == [] and ex.accounts[BOB].reduce_only == 1  # it rests
     stale = Exchange.restore(dataclasses.replace(ex.config, oracle_stale_ms=1), take_snapshot(ex))
     (r,) = rejections(run(stale, order(CAROL, Side.BUY, BTC // 100, 50_000 * USDC)))
     assert (r.reason, r.detail) == (Reject.MARKET_REDUCE_ONLY,

@@ -45,7 +45,8 @@ ERR = error_responses(400, 401, 403, 404, 409, 422, 429, 503)
 def order_command(rt: Runtime, account_id: int, body: OrderRequest) -> c.PlaceOrder:
     spec = market_spec(rt, body.market)
     otype = OrderType(body.type)
-    tif = body.time_in_force or ("ioc" if otype is OrderType.MARKET else "gtc")
+    immediate = otype in (OrderType.MARKET, OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
+    tif = body.time_in_force or ("ioc" if immediate else "gtc")
     return c.PlaceOrder(
         account_id=account_id,
         market=body.market,

@@ -71,3 +71,38 @@ async def test_open_mark_and_close_a_perp_position(
     assert [(e["reason"], e["amount"]) for e in ledger[:2]] == [("fee", "-4.4"), ("trade", "1000")]
     audit = await admin.request("GET", "/v1/admin/audit")
     assert audit["invariants"] == []
+
+
+async def test_a_stop_loss_and_a_resting_reduce_only_order_over_the_wire(
+    admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    await admin.set_oracle_prices({"SOL": "150"})
+    mm = await make_trader({"USDC": "10000"})
+    bob = await make_trader({"USDC": "1000"})
+    market = "SOL-PERP"
+    await mm.client.place_order(market=market, side="sell", price="150", size="2")
+    await bob.client.place_order(market=market, side="buy", price="150", size="2",
+                                 time_in_force="ioc")  # fmt: skip
+    stop = await bob.client.place_order(market=market, side="sell", type="stop_market",
+                                        size="2", trigger_price="140", reduce_only=True)
+    assert (stop["order"]["status"], stop["order"]["trigger_price"]) == ("untriggered", "140")
+    assert stop["order"]["remaining"] == "2"
+    tp = await bob.client.place_order(market=market, side="sell", price="170", size="2",
+                                      reduce_only=True)  # a resting take-profit by hand
+    assert tp["order"]["status"] == "open"
+    live = (await bob.client.get_orders(market=market, status="open"))["orders"]
+    assert {o["order_id"]: o["status"] for o in live} == {
+        stop["order"]["order_id"]: "untriggered", tp["order"]["order_id"]: "open"}
+    with pytest.raises(ApiError) as err:
+        await bob.client.place_order(market=market, side="sell", type="stop_market", size="2",
+                                     trigger_price="151", reduce_only=True)  # fmt: skip
+    assert (err.value.status, err.value.code) == (400, "WOULD_TRIGGER_IMMEDIATELY")
+    await mm.client.place_order(market=market, side="buy", price="139", size="5")
+    await admin.set_oracle_prices({"SOL": "139.5"})  # mark = index (no asks): past 140
+    done = (await bob.client.get_order(stop["order"]["order_id"]))["order"]
+    assert (done["status"], done["filled"], done["avg_fill_price"]) == ("filled", "2", "139")
+    gone = (await bob.client.get_order(tp["order"]["order_id"]))["order"]
+    assert (gone["status"], gone["cancel_reason"]) == ("cancelled", "reduce_only")
+    assert [p for p in (await bob.client.account())["positions"] if p["market"] == market] == []
+    audit = await admin.request("GET", "/v1/admin/audit")
+    assert audit["invariants"] == []
