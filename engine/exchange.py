@@ -13,6 +13,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
+from itertools import product
 from typing import Any
 
 from engine import commands as c
@@ -136,6 +137,7 @@ class Exchange:
         self.oracle = Oracle(config.oracle_stale_ms)
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
         self._decimals = {a: spec.decimals for a, spec in config.assets.items()}
+        self._quote = config.quote_asset
         self._perp_markets = frozenset(
             s for s, m in config.markets.items() if m.kind is MarketKind.PERP
         )
@@ -476,6 +478,8 @@ class Exchange:
     ) -> None:
         """Refuse (INSUFFICIENT_MARGIN) unless initial health after `change` (and with
         order `extra`) stays >= 0."""
+        if not self.config.margin_checks:
+            return
         after = self._initial_health(
             acct, change, self.borrow_rates() if rates is None else rates, extra
         )
@@ -1617,10 +1621,10 @@ class Exchange:
     def health(self, account_id: int) -> dict[Level, int | None]:
         """The account's health at every level and its equity (engine/risk.py), at the last
         index prices (stale ones too: the view says which are stale)."""
-        state = self._account_state_keys(self.accounts[account_id])
+        balances, positions = self._portfolio(self.accounts[account_id], {})
         rates = self.borrow_rates()
         marks = self._index_marks(fresh=False)
-        return {level: self._state_health(state, rates, level, marks) for level in Level}
+        return {level: self._health_of(balances, positions, rates, level, marks) for level in Level}
 
     def _initial_health(
         self,
@@ -1633,115 +1637,141 @@ class Exchange:
         index prices only, with each market's open orders counted as filled on the side
         that hurts more. Perp fills move the position ("M:size", "M:notional" keys) and
         pay the top fee; realizing PnL is a transfer inside the account, so it is left out."""
-        state = self._account_state_keys(acct)
-        for key, delta in change.items():
-            state[key] = state.get(key, 0) + delta
+        balances, positions = self._portfolio(acct, change)
         marks = self._index_marks(fresh=True)
         top_fee = max(self._tier(acct).taker_ppm, 0)
-        sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        # per market, what its bids and its asks do if they all fill:
+        # [quantity (base, or perp size), perp notional, quote]
+        sides: dict[str, tuple[list[int], list[int]]] = {}
         for o in [*acct.live.values(), *([extra] if extra is not None else [])]:
             if o.status is OrderStatus.UNTRIGGERED:
                 continue  # judged when it triggers
             spec = self.markets[o.market].spec
-            bids, asks = sides.setdefault(o.market, ({}, {}))
-            fill = bids if o.side is Side.BUY else asks
+            pair = sides.get(o.market)
+            if pair is None:
+                pair = sides[o.market] = ([0, 0, 0, 0], [0, 0, 0, 0])
+            buy = o.side is Side.BUY
+            fill = pair[0] if buy else pair[1]
+            fill[3] = 1  # (this side has orders)
             rem = o.remaining
             notional = spec.notional(o.price, rem)
             fee = ceil_div(notional * top_fee, PPM)
             if spec.kind is MarketKind.PERP:
-                sign = 1 if o.side is Side.BUY else -1
-                fill[o.market + ":size"] = fill.get(o.market + ":size", 0) + sign * rem
-                fill[o.market + ":notional"] = fill.get(o.market + ":notional", 0) + sign * notional
-                fill[spec.quote] = fill.get(spec.quote, 0) - fee
-            elif o.side is Side.BUY:  # pays at most what it holds, gets the base
-                need = o.hold if o is not extra else notional + fee
-                fill[spec.quote] = fill.get(spec.quote, 0) - need
-                fill[spec.base] = fill.get(spec.base, 0) + rem
+                fill[0] += rem if buy else -rem
+                fill[1] += notional if buy else -notional
+                fill[2] -= fee
+            elif buy:  # pays at most what it holds, gets the base
+                fill[0] += rem
+                fill[2] -= o.hold if o is not extra else notional + fee
             else:  # gives the base, gets the notional less the top fee
-                fill[spec.base] = fill.get(spec.base, 0) - rem
-                fill[spec.quote] = fill.get(spec.quote, 0) + notional - fee
+                fill[0] -= rem
+                fill[2] += notional - fee
+        if not sides:
+            return self._health_of(balances, positions, rates, Level.INITIAL, marks)
         # The worst case: per base asset, every combination of "nothing fills", "the bids
         # fill" and "the asks fill" on each of its markets (spot and perp offset there);
         # assets are taken one after the other, in name order.
         groups: dict[str, list[str]] = {}
         for market in sorted(sides):
             groups.setdefault(self.markets[market].spec.base, []).append(market)
+        worst_health: int | None = None
         for base in sorted(groups):
-            combos: list[dict[str, int]] = [{}]
-            for market in groups[base]:
-                options = [fill for fill in sides[market] if fill]
-                combos = [
-                    {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
-                    for a in combos
-                    for b in ({}, *options)
-                ]
-            worst: dict[str, int] = {}
-            worst_health: int | None = None
-            for combo in combos:
-                trial = dict(state)
-                for key, d in combo.items():
-                    trial[key] = trial.get(key, 0) + d
-                h = self._state_health(trial, rates, Level.INITIAL, marks)
+            markets = groups[base]
+            choices = [[-1] + [k for k in (0, 1) if sides[m][k][3]] for m in markets]
+            worst: tuple[int, ...] = ()
+            worst_health = None
+            for combo in product(*choices):
+                self._count_fills(balances, positions, markets, sides, combo, 1)
+                h = self._health_of(balances, positions, rates, Level.INITIAL, marks)
+                self._count_fills(balances, positions, markets, sides, combo, -1)
                 if h is None:
                     return None
                 if worst_health is None or h < worst_health:
                     worst, worst_health = combo, h
-            for key, d in sorted(worst.items()):
-                state[key] = state.get(key, 0) + d
-        return self._state_health(state, rates, Level.INITIAL, marks)
+            self._count_fills(balances, positions, markets, sides, worst, 1)
+        return worst_health  # (the last asset's worst, with every earlier worst counted)
+
+    def _count_fills(
+        self,
+        balances: dict[str, int],
+        positions: dict[str, list[int]],
+        markets: list[str],
+        sides: dict[str, tuple[list[int], list[int]]],
+        combo: tuple[int, ...],
+        sign: int,
+    ) -> None:
+        """Add (sign 1) or take back (-1) the fills of `combo`: per market, -1 for none,
+        0 for its bids, 1 for its asks."""
+        quote = self._quote
+        for market, choice in zip(markets, combo, strict=True):
+            if choice < 0:
+                continue
+            fill = sides[market][choice]
+            spec = self.markets[market].spec
+            if spec.kind is MarketKind.PERP:
+                pos = positions.get(market)
+                if pos is None:
+                    pos = positions[market] = [0, 0]
+                pos[0] += sign * fill[0]
+                pos[1] += sign * fill[1]
+            else:
+                balances[spec.base] = balances.get(spec.base, 0) + sign * fill[0]
+            balances[quote] = balances.get(quote, 0) + sign * fill[2]
 
     @staticmethod
-    def _account_state_keys(acct: Account) -> dict[str, int]:
-        """Balances by asset plus "M:size" / "M:notional" of every open position."""
-        state = dict(acct.balances)
-        for m, pos in acct.positions.items():
-            if pos.size:
-                state[m + ":size"], state[m + ":notional"] = pos.size, pos.open_notional
-        return state
+    def _portfolio(
+        acct: Account, change: dict[str, int]
+    ) -> tuple[dict[str, int], dict[str, list[int]]]:
+        """The account's balances and open positions ([size, open notional] per perp), with
+        `change` applied: asset keys move balances, "M:size" / "M:notional" positions."""
+        balances = dict(acct.balances)
+        positions = {m: [p.size, p.open_notional] for m, p in acct.positions.items() if p.size}
+        for key, delta in change.items():
+            market, colon, what = key.partition(":")
+            if not colon:
+                balances[key] = balances.get(key, 0) + delta
+                continue
+            pos = positions.get(market)
+            if pos is None:
+                pos = positions[market] = [0, 0]
+            pos[0 if what == "size" else 1] += delta
+        return balances, positions
 
-    def _state_health(
+    def _health_of(
         self,
-        state: dict[str, int],
+        balances: dict[str, int],
+        positions: dict[str, list[int]],
         rates: dict[str, int],
         level: Level,
         marks: dict[str, int],
         perp_marks: dict[str, int] | None = None,
         parts: dict[str, int] | None = None,
     ) -> int | None:
-        """engine/risk.py on balances and "M:size"/"M:notional" positions, at the index
-        prices `marks` and each perp's mark (or the one `perp_marks` gives it); `parts`
-        receives the contribution of each asset."""
-        cfg = self.config
-        balances: dict[str, int] = {}
+        """engine/risk.py on balances and positions, at the index prices `marks` and each
+        perp's mark (or the one `perp_marks` gives it); `parts` receives the contribution
+        of each asset. A position the counted fills made flat has realized its open
+        notional in the quote asset."""
         perps: list[PerpExposure] = []
-        for key, value in state.items():
-            if ":" not in key:
-                if value:
-                    balances[key] = balances.get(key, 0) + value
-            elif key.endswith(":notional") and value and not state.get(key[:-9] + ":size"):
-                # flat after the counted fills: the open notional is PnL realized in USDC
-                balances[cfg.quote_asset] = balances.get(cfg.quote_asset, 0) - value
-            elif key.endswith(":size") and value:
-                market = key[: -len(":size")]
-                spec = self.markets[market].spec
-                if perp_marks is not None and market in perp_marks:
-                    mark: int | None = perp_marks[market]
-                else:
-                    mark = self._perp_mark(market, marks)
-                if mark is None:
-                    return None
-                upnl = value * mark // spec.base_unit - state.get(market + ":notional", 0)
-                perps.append(PerpExposure(spec.base, value, mark, upnl))
+        realized = 0
+        for market, (size, notional) in positions.items():
+            if not size:
+                realized -= notional
+                continue
+            spec = self.markets[market].spec
+            if perp_marks is not None and market in perp_marks:
+                mark: int | None = perp_marks[market]
+            else:
+                mark = self._perp_mark(market, marks)
+            if mark is None:
+                return None
+            upnl = size * mark // spec.base_unit - notional
+            perps.append(PerpExposure(spec.base, size, mark, upnl))
+        if realized:
+            balances = dict(balances)
+            balances[self._quote] = balances.get(self._quote, 0) + realized
+        cfg = self.config
         return health(
-            balances,
-            perps,
-            marks,
-            self._decimals,
-            cfg.risk,
-            rates,
-            cfg.quote_asset,
-            level,
-            parts,
+            balances, perps, marks, self._decimals, cfg.risk, rates, self._quote, level, parts
         )
 
     def _index_marks(self, fresh: bool) -> dict[str, int]:

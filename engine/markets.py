@@ -77,6 +77,9 @@ class ExchangeConfig:
     interest_interval_ms: int = 3_600_000
     # Perp funding: premium samples, settlements and the impact notional (engine/funding.py).
     funding: FundingParams = DEFAULT_FUNDING
+    # False skips the initial-health check of orders and withdrawals: only for measuring
+    # what the check costs (loadtests/bench_risk.py); never set by the markets file.
+    margin_checks: bool = True
 
     @property
     def quote_asset(self) -> str:

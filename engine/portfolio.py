@@ -68,9 +68,7 @@ def risk_view(
 ) -> RiskView:
     """The account's risk now, or after `change` (balances and "M:size"/"M:notional")
     at index `prices` (each moving the perps on that asset too)."""
-    state = ex._account_state_keys(acct)
-    for key, delta in (change or {}).items():
-        state[key] = state.get(key, 0) + delta
+    balances, positions = ex._portfolio(acct, change or {})
     rates = ex.borrow_rates()
     marks = ex._index_marks(fresh=False)
     perp_marks: dict[str, int] = {}
@@ -81,13 +79,15 @@ def risk_view(
     by_asset: dict[str, dict[Level, int]] = {}
     for level in Level:
         parts: dict[str, int] = {}
-        levels[level] = ex._state_health(state, rates, level, marks, perp_marks, parts)
+        levels[level] = ex._health_of(balances, positions, rates, level, marks, perp_marks, parts)
         for asset, value in parts.items():
             by_asset.setdefault(asset, {})[level] = value
     liquidation: dict[str, int | None] = {}
     for asset in sorted(by_asset):
         if asset != ex.config.quote_asset:
-            liquidation[asset] = _liquidation_price(ex, state, rates, marks, perp_marks, asset)
+            liquidation[asset] = _liquidation_price(
+                ex, balances, positions, rates, marks, perp_marks, asset
+            )
     return RiskView(levels, by_asset, liquidation)
 
 
@@ -97,7 +97,8 @@ def _perps_on(ex: Exchange, asset: str, price: int) -> dict[str, int]:
 
 def _liquidation_price(
     ex: Exchange,
-    state: dict[str, int],
+    balances: dict[str, int],
+    positions: dict[str, list[int]],
     rates: dict[str, int],
     marks: dict[str, int],
     perp_marks: dict[str, int],
@@ -108,8 +109,9 @@ def _liquidation_price(
         return None
 
     def at(price: int) -> int | None:
-        return ex._state_health(
-            state,
+        return ex._health_of(
+            balances,
+            positions,
             rates,
             Level.MAINTENANCE,
             {**marks, asset: price},

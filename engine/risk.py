@@ -16,16 +16,16 @@ perp on the same asset offset inside `value_t`: hedges net out.
 
 Choices where DESIGN is silent: **equity** is the account's value at the marks,
 with no shock, slippage, haircut or borrow horizon (what it would be worth
-closed out at the marks); arithmetic is exact (fractions) and each result is
-rounded down to a quote atomic unit, so health is never overstated; an asset
-held (or owed) without a price makes the health unknown (None), never zero.
+closed out at the marks); arithmetic is exact (integers over one common
+denominator) and each result is rounded down to a quote atomic unit, so health
+is never overstated; an asset held (or owed) without a price makes the health
+unknown (None), never zero.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from fractions import Fraction
 
 PPM = 1_000_000
 DAY_MS = 86_400_000
@@ -88,24 +88,39 @@ class PerpExposure:
     unrealized_pnl: int
 
 
-def adjusted(balance: int, risk: AssetRisk | None, borrow_rate_ppm: int, level: Level) -> Fraction:
-    """adj(t): a supply less its haircut, a loan plus BORROW_HORIZON_MS of interest at
+# Exact integer arithmetic over one common denominator (no Fractions: this runs for
+# every order of an account with exposure). With A = PPM * YEAR_MS:
+#   adj(t) = adj_num / A;  a shocked price P = mark * (PPM +/- shock) / PPM = PN / PPM;
+#   value_t * U * A * PPM * PPM = adj_num*PN*PPM - slip*|adj_num|*PN
+#       + sum_p size_p*(PN - mark_p*PPM)*A*PPM - slip*|size_p|*PN*A
+A = PPM * YEAR_MS
+DEN = A * PPM * PPM
+
+
+def adjusted_num(balance: int, risk: AssetRisk | None, borrow_rate_ppm: int, level: Level) -> int:
+    """adj(t) * A: a supply less its haircut, a loan plus BORROW_HORIZON_MS of interest at
     `borrow_rate_ppm` a year. Equity uses the balance as it is."""
     if level is Level.EQUITY or balance == 0:
-        return Fraction(balance)
+        return balance * A
     if balance > 0:
         haircut = risk.supply_haircut_ppm if risk is not None else 0
-        return Fraction(balance * (PPM - haircut), PPM)
-    return Fraction(balance) * (1 + Fraction(borrow_rate_ppm * BORROW_HORIZON_MS, PPM * YEAR_MS))
+        return balance * (PPM - haircut) * YEAR_MS
+    return balance * (A + borrow_rate_ppm * BORROW_HORIZON_MS)
 
 
-def _value(
-    adj: Fraction, perps: list[PerpExposure], price: Fraction, unit: int, slippage: Fraction
-) -> Fraction:
-    total = adj * price - slippage * abs(adj) * price
-    for p in perps:
-        total += p.size * (price - p.mark) - slippage * abs(p.size) * price
-    return total / unit
+def token_value_num(
+    adj_num: int, perps: list[PerpExposure], mark: int, shock_ppm: int, slip_ppm: int
+) -> int:
+    """token_t * U * DEN: the worse of the two shocked values."""
+    worst = 0
+    for k in (0, 1) if shock_ppm else (0,):
+        pn = mark * (PPM + shock_ppm if k == 0 else PPM - shock_ppm)
+        v = adj_num * pn * PPM - slip_ppm * abs(adj_num) * pn
+        for p in perps:
+            v += p.size * (pn - p.mark * PPM) * A * PPM - slip_ppm * abs(p.size) * pn * A
+        if k == 0 or v < worst:
+            worst = v
+    return worst
 
 
 def health(
@@ -123,13 +138,17 @@ def health(
     rounded down; None when an asset it holds, owes or trades has no mark. With `parts`,
     also each asset's contribution (rounded down): the quote's is its adjusted balance
     plus every perp's unrealized PnL, another asset's is its `token_value`."""
-    total = adjusted(balances.get(quote, 0), None, borrow_rates_ppm.get(quote, 0), level)
     by_asset: dict[str, list[PerpExposure]] = {}
+    upnl = 0
     for p in perps:
         by_asset.setdefault(p.asset, []).append(p)
-        total += p.unrealized_pnl
+        upnl += p.unrealized_pnl
+    quote_num = adjusted_num(balances.get(quote, 0), None, borrow_rates_ppm.get(quote, 0), level)
+    quote_num += upnl * A  # the quote part, times A
     if parts is not None:
-        parts[quote] = total.__floor__()
+        parts[quote] = quote_num // A
+    tokens: list[tuple[int, int]] = []  # (token_t * U * DEN, U)
+    top = 1
     for asset in sorted(set(balances) | set(by_asset)):
         if asset == quote:
             continue
@@ -141,19 +160,17 @@ def health(
         if mark is None:
             return None
         params = risk.get(asset)
-        shock = Fraction(params.shock_ppm(level), PPM) if params is not None else Fraction(0)
-        slip = (
-            Fraction(params.slippage_ppm, PPM)
-            if params is not None and level is not Level.EQUITY
-            else Fraction(0)
-        )
-        adj = adjusted(balance, params, borrow_rates_ppm.get(asset, 0), level)
+        equity = level is Level.EQUITY
+        shock = params.shock_ppm(level) if params is not None else 0
+        slip = params.slippage_ppm if params is not None and not equity else 0
+        adj = adjusted_num(balance, params, borrow_rates_ppm.get(asset, 0), level)
         unit = 10 ** decimals[asset]
-        token_value = min(
-            _value(adj, on_asset, mark * (1 + shock), unit, slip),
-            _value(adj, on_asset, mark * (1 - shock), unit, slip),
-        )
-        total += token_value
+        value = token_value_num(adj, on_asset, mark, shock, slip)
+        tokens.append((value, unit))
+        top = max(top, unit)
         if parts is not None:
-            parts[asset] = token_value.__floor__()
-    return total.__floor__()
+            parts[asset] = value // (unit * DEN)
+    total = quote_num * PPM * PPM * top  # over DEN * top
+    for value, unit in tokens:
+        total += value * (top // unit)  # units are powers of ten: top // unit is exact
+    return total // (DEN * top)

@@ -11,13 +11,16 @@ import dataclasses
 import json
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
 from app.config import load_exchange_config
 from engine.commands import CreateAccount, Deposit, SetOraclePrices
 from engine.exchange import Exchange
 from engine.markets import default_config
 from engine.risk import DEFAULT_RISK, AssetRisk, Level, PerpExposure, health
+from tests.risk_reference import reference_health
 
 USDC, BTC = 10**6, 10**8
 DEC = {"USDC": 6, "BTC": 8, "ETH": 8}
@@ -159,3 +162,50 @@ def test_markets_file_sets_risk_and_oracle_staleness(tmp_path: Path) -> None:
     assert str(err.value).endswith(
         "BTC: risk prices need 0 <= maintenance <= liquidation_end <= initial < 1"
     )
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    balances=st.dictionaries(
+        st.sampled_from(("USDC", "BTC", "ETH", "SOL")),
+        st.integers(-(10**14), 10**14),
+        max_size=4,
+    ),
+    perps=st.lists(
+        st.tuples(
+            st.sampled_from(("BTC", "ETH", "SOL")),
+            st.integers(-(10**11), 10**11),
+            st.integers(1, 10**12),
+        ),
+        max_size=3,
+    ),
+    marks=st.fixed_dictionaries(
+        {a: st.integers(1, 10**12) for a in ("BTC", "ETH")},
+        optional={"SOL": st.integers(1, 10**12)},
+    ),
+    rates=st.dictionaries(st.sampled_from(("USDC", "BTC", "ETH", "SOL")),
+                          st.integers(0, 3_000_000)),  # fmt: skip
+    haircut=st.integers(0, 300_000),
+    level=st.sampled_from(list(Level)),
+)
+def test_integer_health_equals_the_fraction_reference(
+    balances: dict[str, int],
+    perps: list[tuple[str, int, int]],
+    marks: dict[str, int],
+    rates: dict[str, int],
+    haircut: int,
+    level: Level,
+) -> None:
+    """engine/risk.py computes over one integer denominator; tests/risk_reference.py is
+    the first, Fraction-based version: same result, parts included, to the atomic unit."""
+    risk = {a: dataclasses.replace(r, supply_haircut_ppm=haircut) for a, r in DEFAULT_RISK.items()}
+    exposures = [
+        PerpExposure(a, size, mark, size * mark // 10**8 - size * 50_000)
+        for a, size, mark in perps
+    ]
+    decimals = {"USDC": 6, "BTC": 8, "ETH": 8, "SOL": 8}
+    args = (balances, exposures, marks, decimals, risk, rates, "USDC", level)
+    got_parts: dict[str, int] = {}
+    want_parts: dict[str, int] = {}
+    assert health(*args, got_parts) == reference_health(*args, want_parts)
+    assert got_parts == want_parts
