@@ -46,6 +46,7 @@ class Account:
         "positions",
         "perp_orders",
         "reduce_only",
+        "open_fills",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
@@ -62,6 +63,9 @@ class Account:
         self.positions: dict[str, Position] = {}  # perp market -> position (kept when flat)
         self.perp_orders = 0  # how many of `live` are perp orders (margin matters then)
         self.reduce_only = 0  # how many of `live` are reduce-only (fitted to positions)
+        # per market, what all its open bids / asks would do if they filled, kept up to date
+        # order by order for the margin check: [quantity, perp notional, quote, orders]
+        self.open_fills: dict[str, tuple[list[int], list[int]]] = {}
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)

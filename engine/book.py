@@ -44,7 +44,9 @@ ORDER_FIELDS: Final = (
     "rebate_basis",
     "rebates_got",
 )
-ORDER_LINKS: Final = ("prev", "next", "level")
+# Derived, not stored: the book links and what the order adds to its account's margin
+# aggregate (engine/exchange.py `_track`), rebuilt on restore.
+ORDER_LINKS: Final = ("prev", "next", "level", "contrib")
 
 
 class Order:
@@ -96,6 +98,7 @@ class Order:
         self.prev: Order | None = None
         self.next: Order | None = None
         self.level: Level | None = None
+        self.contrib: tuple[int, int, int] | None = None
 
     @property
     def remaining(self) -> int:

@@ -65,7 +65,7 @@ from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
 from engine.portfolio import RiskView, WhatIfOrder, risk_view, what_if_change
 from engine.positions import Position, mark_price
-from engine.risk import Level, PerpExposure, health
+from engine.risk import Level, PerpExposure, combine, health, quote_num, token_num
 from engine.triggers import LIMIT_TYPES, STOP_TYPES, TriggerBook, triggers_on_rise
 from engine.types import (
     CancelReason,
@@ -138,6 +138,7 @@ class Exchange:
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
         self._decimals = {a: spec.decimals for a, spec in config.assets.items()}
         self._quote = config.quote_asset
+        self._risk_top = 10 ** max(self._decimals.values(), default=0)  # engine/risk.py combine
         self._perp_markets = frozenset(
             s for s, m in config.markets.items() if m.kind is MarketKind.PERP
         )
@@ -682,6 +683,46 @@ class Exchange:
             asset = spec.quote if o.side is Side.BUY else spec.base
             acct.holds[asset] = acct.holds.get(asset, 0) + new - o.hold
             o.hold = new
+        self._track(o, spec, acct)
+
+    def _fill_effect(
+        self, o: Order, spec: MarketSpec, top_fee: int, hold: int
+    ) -> tuple[int, int, int]:
+        """What `o` does if all of it fills at its limit, paying the top fee: (quantity:
+        base or perp size, perp notional, quote). A spot buy pays at most `hold`."""
+        rem = o.remaining
+        buy = o.side is Side.BUY
+        notional = spec.notional(o.price, rem)
+        fee = ceil_div(notional * top_fee, PPM)
+        if spec.kind is MarketKind.PERP:
+            return (rem, notional, -fee) if buy else (-rem, -notional, -fee)
+        return (rem, 0, -hold) if buy else (-rem, 0, notional - fee)
+
+    def _track(self, o: Order, spec: MarketSpec, acct: Account) -> None:
+        """Keep `acct.open_fills` equal to the sum of its open orders' fill effects (an
+        order waiting for its trigger is not counted): updated whenever an order changes,
+        so a margin check costs per market, not per order."""
+        counted = acct.live.get(o.order_id) is o and o.status is not OrderStatus.UNTRIGGERED
+        new = self._fill_effect(o, spec, max(self._tier(acct).taker_ppm, 0), o.hold) if (
+            counted) else None  # fmt: skip
+        old = o.contrib
+        if new == old:
+            return
+        pair = acct.open_fills.get(o.market)
+        if pair is None:
+            pair = acct.open_fills[o.market] = ([0, 0, 0, 0], [0, 0, 0, 0])
+        agg = pair[0] if o.side is Side.BUY else pair[1]
+        if old is not None:
+            agg[0] -= old[0]
+            agg[1] -= old[1]
+            agg[2] -= old[2]
+            agg[3] -= 1
+        if new is not None:
+            agg[0] += new[0]
+            agg[1] += new[1]
+            agg[2] += new[2]
+            agg[3] += 1
+        o.contrib = new
 
     # ----------------------------------------------------------------- orders
     def _place_command(self, cmd: c.PlaceOrder) -> None:
@@ -962,6 +1003,7 @@ class Exchange:
             acct.client_ids[o.client_order_id] = o.order_id
         if o.expire_ts is not None:
             heapq.heappush(self.expiries, (o.expire_ts, o.order_id))
+        self._track(o, self.markets[o.market].spec, acct)
 
     def _match(self, t: Order, market: Market, acct: Account) -> bool:
         """Fill `t` against the book; True when self-trade prevention stopped the taker."""
@@ -1122,6 +1164,7 @@ class Exchange:
                 acct.reduce_only -= 1
         if o.client_order_id is not None and acct.client_ids.get(o.client_order_id) == o.order_id:
             del acct.client_ids[o.client_order_id]
+        self._track(o, self.markets[o.market].spec, acct)
 
     def _remember_done(self, o: Order) -> None:
         self.done[o.order_id] = o
@@ -1257,10 +1300,12 @@ class Exchange:
         if spec.kind is MarketKind.PERP:  # judged by margin with the order as amended
             before = o.price, o.size
             o.price, o.size = new_price, new_size
+            self._track(o, spec, acct)
             try:
                 self._check_margin(acct, {}, "with the amended order filled")
             finally:
                 o.price, o.size = before
+                self._track(o, spec, acct)
         elif need - o.hold > acct.available(asset):
             raise _Refused(
                 Reject.INSUFFICIENT_BALANCE,
@@ -1377,6 +1422,7 @@ class Exchange:
                     self.markets[market].book.shrink(o, o.remaining - room)
                     o.size = o.filled + room
                     o.updated_ts = self._ts
+                    self._track(o, self.markets[market].spec, acct)
                     self._events.append(OrderUpdate(o.view()))
                     changed = True
         return changed
@@ -1640,40 +1686,42 @@ class Exchange:
         balances, positions = self._portfolio(acct, change)
         marks = self._index_marks(fresh=True)
         top_fee = max(self._tier(acct).taker_ppm, 0)
-        # per market, what its bids and its asks do if they all fill:
-        # [quantity (base, or perp size), perp notional, quote]
-        sides: dict[str, tuple[list[int], list[int]]] = {}
-        for o in [*acct.live.values(), *([extra] if extra is not None else [])]:
-            if o.status is OrderStatus.UNTRIGGERED:
-                continue  # judged when it triggers
-            spec = self.markets[o.market].spec
-            pair = sides.get(o.market)
+        # per market, what its bids and its asks do if they all fill (acct.open_fills):
+        # [quantity (base, or perp size), perp notional, quote, orders]
+        sides = {m: (list(b), list(a)) for m, (b, a) in acct.open_fills.items() if b[3] or a[3]}
+        if extra is not None:
+            spec = self.markets[extra.market].spec
+            effect = self._fill_effect(extra, spec, top_fee, 0)
+            if spec.kind is MarketKind.SPOT and extra.side is Side.BUY:  # holds nothing yet
+                notional = spec.notional(extra.price, extra.remaining)
+                effect = (effect[0], 0, -notional - ceil_div(notional * top_fee, PPM))
+            pair = sides.get(extra.market)
             if pair is None:
-                pair = sides[o.market] = ([0, 0, 0, 0], [0, 0, 0, 0])
-            buy = o.side is Side.BUY
-            fill = pair[0] if buy else pair[1]
-            fill[3] = 1  # (this side has orders)
-            rem = o.remaining
-            notional = spec.notional(o.price, rem)
-            fee = ceil_div(notional * top_fee, PPM)
-            if spec.kind is MarketKind.PERP:
-                fill[0] += rem if buy else -rem
-                fill[1] += notional if buy else -notional
-                fill[2] -= fee
-            elif buy:  # pays at most what it holds, gets the base
-                fill[0] += rem
-                fill[2] -= o.hold if o is not extra else notional + fee
-            else:  # gives the base, gets the notional less the top fee
-                fill[0] -= rem
-                fill[2] += notional - fee
-        if not sides:
-            return self._health_of(balances, positions, rates, Level.INITIAL, marks)
-        # The worst case: per base asset, every combination of "nothing fills", "the bids
-        # fill" and "the asks fill" on each of its markets (spot and perp offset there);
-        # assets are taken one after the other, in name order.
+                pair = sides[extra.market] = ([0, 0, 0, 0], [0, 0, 0, 0])
+            agg = pair[0] if extra.side is Side.BUY else pair[1]
+            for k in range(3):
+                agg[k] += effect[k]
+            agg[3] += 1
+        # Health is a sum of per-asset pieces: a fill combination on one asset's markets
+        # changes that asset's piece and the quote balance only, so only those are redone.
+        quote, level = self._quote, Level.INITIAL
         groups: dict[str, list[str]] = {}
         for market in sorted(sides):
             groups.setdefault(self.markets[market].spec.base, []).append(market)
+        perps_of: dict[str, list[str]] = {}  # base asset -> its perp markets in play
+        for market in sorted(set(positions) | set(sides)):
+            spec = self.markets[market].spec
+            if spec.kind is MarketKind.PERP:
+                perps_of.setdefault(spec.base, []).append(market)
+        perp_marks = {m: self._perp_mark(m, marks) for ms in perps_of.values() for m in ms}
+        pieces: dict[str, tuple[int, int, int]] = {}
+        for asset in sorted({a for a in balances if a != quote} | set(perps_of)):
+            piece = self._piece(asset, balances, positions, perps_of, perp_marks, marks, rates)
+            if piece is None:
+                return None
+            pieces[asset] = piece
+        if not groups:
+            return self._sum_pieces(balances, pieces, rates, level)
         worst_health: int | None = None
         for base in sorted(groups):
             markets = groups[base]
@@ -1682,14 +1730,78 @@ class Exchange:
             worst_health = None
             for combo in product(*choices):
                 self._count_fills(balances, positions, markets, sides, combo, 1)
-                h = self._health_of(balances, positions, rates, Level.INITIAL, marks)
+                piece = self._piece(base, balances, positions, perps_of, perp_marks, marks, rates)
+                h = None
+                if piece is not None:
+                    pieces[base] = piece
+                    h = self._sum_pieces(balances, pieces, rates, level)
                 self._count_fills(balances, positions, markets, sides, combo, -1)
                 if h is None:
                     return None
                 if worst_health is None or h < worst_health:
                     worst, worst_health = combo, h
             self._count_fills(balances, positions, markets, sides, worst, 1)
+            piece = self._piece(base, balances, positions, perps_of, perp_marks, marks, rates)
+            assert piece is not None  # (it was computed for this very combination)
+            pieces[base] = piece
         return worst_health  # (the last asset's worst, with every earlier worst counted)
+
+    def _piece(
+        self,
+        asset: str,
+        balances: dict[str, int],
+        positions: dict[str, list[int]],
+        perps_of: dict[str, list[str]],
+        perp_marks: dict[str, int | None],
+        marks: dict[str, int],
+        rates: dict[str, int],
+    ) -> tuple[int, int, int] | None:
+        """One asset's part of initial health: (its token value scaled to DEN * top, the
+        unrealized PnL of its perps, the PnL a flat position realized); None without a
+        price it needs."""
+        balance = balances.get(asset, 0)
+        exposures: list[PerpExposure] = []
+        upnl = realized = 0
+        for market in perps_of.get(asset, ()):
+            pos = positions.get(market)
+            if pos is None:
+                continue
+            size, notional = pos
+            if not size:
+                realized -= notional
+                continue
+            mark = perp_marks[market]
+            if mark is None:
+                return None
+            u = size * mark // self.markets[market].spec.base_unit - notional
+            upnl += u
+            exposures.append(PerpExposure(asset, size, mark, u))
+        if balance == 0 and not exposures:
+            return 0, upnl, realized
+        index = marks.get(asset)
+        if index is None:
+            return None
+        value = token_num(
+            balance, exposures, index, self.config.risk.get(asset), rates.get(asset, 0),
+            Level.INITIAL,
+        )  # fmt: skip
+        return value * (self._risk_top // 10 ** self._decimals[asset]), upnl, realized
+
+    def _sum_pieces(
+        self,
+        balances: dict[str, int],
+        pieces: dict[str, tuple[int, int, int]],
+        rates: dict[str, int],
+        level: Level,
+    ) -> int:
+        tokens = upnl = realized = 0
+        for token, u, r in pieces.values():
+            tokens += token
+            upnl += u
+            realized += r
+        quote = self._quote
+        q = quote_num(balances.get(quote, 0) + realized, rates.get(quote, 0), level, upnl)
+        return combine(q, tokens, self._risk_top)
 
     def _count_fills(
         self,

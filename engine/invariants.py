@@ -91,6 +91,20 @@ def check(ex: Exchange) -> list[str]:
         perp_orders = sum(1 for o in acct.live.values() if o.market in ex._perp_markets)
         if acct.perp_orders != perp_orders:
             problems.append(f"account {acct.account_id} counts {acct.perp_orders} perp orders")
+        fills: dict[str, tuple[list[int], list[int]]] = {}
+        for o in acct.live.values():
+            if o.status is OrderStatus.UNTRIGGERED:
+                continue
+            spec = ex.markets[o.market].spec
+            effect = ex._fill_effect(o, spec, max(ex._tier(acct).taker_ppm, 0), o.hold)
+            pair = fills.setdefault(o.market, ([0, 0, 0, 0], [0, 0, 0, 0]))
+            agg = pair[0] if o.side is Side.BUY else pair[1]
+            for k in range(3):
+                agg[k] += effect[k]
+            agg[3] += 1
+        kept = {m: v for m, v in acct.open_fills.items() if any(x for side in v for x in side)}
+        if kept != fills:
+            problems.append(f"account {acct.account_id} open fills {kept} != {fills}")
         reducing = [o for o in acct.live.values() if o.reduce_only]
         if acct.reduce_only != len(reducing):
             problems.append(f"account {acct.account_id} counts {acct.reduce_only} reduce-only")

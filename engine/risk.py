@@ -123,6 +123,32 @@ def token_value_num(
     return worst
 
 
+def token_num(
+    balance: int,
+    perps: list[PerpExposure],
+    mark: int,
+    params: AssetRisk | None,
+    borrow_rate_ppm: int,
+    level: Level,
+) -> int:
+    """token_t * U * DEN for one asset: its balance and the perps on it, at `level`."""
+    shock = params.shock_ppm(level) if params is not None else 0
+    slip = params.slippage_ppm if params is not None and level is not Level.EQUITY else 0
+    adj = adjusted_num(balance, params, borrow_rate_ppm, level)
+    return token_value_num(adj, perps, mark, shock, slip)
+
+
+def quote_num(balance: int, borrow_rate_ppm: int, level: Level, upnl: int) -> int:
+    """(adj(quote) + the perps' unrealized PnL) * A."""
+    return adjusted_num(balance, None, borrow_rate_ppm, level) + upnl * A
+
+
+def combine(quote_part: int, tokens: int, top: int) -> int:
+    """Health from the quote part (times A) and the sum of token values, each scaled to
+    DEN * `top` (a power of ten at least every asset's unit), rounded down."""
+    return (quote_part * PPM * PPM * top + tokens) // (DEN * top)
+
+
 def health(
     balances: dict[str, int],
     perps: list[PerpExposure],
@@ -143,12 +169,11 @@ def health(
     for p in perps:
         by_asset.setdefault(p.asset, []).append(p)
         upnl += p.unrealized_pnl
-    quote_num = adjusted_num(balances.get(quote, 0), None, borrow_rates_ppm.get(quote, 0), level)
-    quote_num += upnl * A  # the quote part, times A
+    q = quote_num(balances.get(quote, 0), borrow_rates_ppm.get(quote, 0), level, upnl)
     if parts is not None:
-        parts[quote] = quote_num // A
-    tokens: list[tuple[int, int]] = []  # (token_t * U * DEN, U)
-    top = 1
+        parts[quote] = q // A
+    top = 10 ** max(decimals.values(), default=0)
+    tokens = 0
     for asset in sorted(set(balances) | set(by_asset)):
         if asset == quote:
             continue
@@ -159,18 +184,11 @@ def health(
         mark = marks.get(asset)
         if mark is None:
             return None
-        params = risk.get(asset)
-        equity = level is Level.EQUITY
-        shock = params.shock_ppm(level) if params is not None else 0
-        slip = params.slippage_ppm if params is not None and not equity else 0
-        adj = adjusted_num(balance, params, borrow_rates_ppm.get(asset, 0), level)
         unit = 10 ** decimals[asset]
-        value = token_value_num(adj, on_asset, mark, shock, slip)
-        tokens.append((value, unit))
-        top = max(top, unit)
+        value = token_num(
+            balance, on_asset, mark, risk.get(asset), borrow_rates_ppm.get(asset, 0), level
+        )
+        tokens += value * (top // unit)  # units are powers of ten: top // unit is exact
         if parts is not None:
             parts[asset] = value // (unit * DEN)
-    total = quote_num * PPM * PPM * top  # over DEN * top
-    for value, unit in tokens:
-        total += value * (top // unit)  # units are powers of ten: top // unit is exact
-    return total // (DEN * top)
+    return combine(q, tokens, top)

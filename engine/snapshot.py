@@ -59,6 +59,7 @@ def _order_in(row: list[Any]) -> Order:
     for f, v in zip(ORDER_FIELDS, row, strict=True):
         setattr(o, f, _ENUMS[f](v) if f in _ENUMS else v)
     o.prev = o.next = o.level = None
+    o.contrib = None
     return o
 
 
@@ -177,6 +178,9 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
             if o.expire_ts is not None:
                 heapq.heappush(ex.expiries, (o.expire_ts, o.order_id))
         market.book.take_delta()
+    for acct in ex.accounts.values():  # margin aggregates, once every order is indexed
+        for o in acct.live.values():
+            ex._track(o, ex.markets[o.market].spec, acct)
     for row in snap.get("untriggered", []):  # waiting for their trigger: not in a book
         o = _order_in(row)
         ex._index_live(o, ex.accounts[o.account_id])
