@@ -64,8 +64,9 @@ class Account:
         self.perp_orders = 0  # how many of `live` are perp orders (margin matters then)
         self.reduce_only = 0  # how many of `live` are reduce-only (fitted to positions)
         # per market, what all its open bids / asks would do if they filled, kept up to date
-        # order by order for the margin check: [quantity, perp notional, quote, orders]
-        self.open_fills: dict[str, tuple[list[int], list[int]]] = {}
+        # order by order for the margin check: [quantity, perp notional, quote, orders];
+        # None until the account's first margin check (accounts never checked pay nothing)
+        self.open_fills: dict[str, tuple[list[int], list[int]]] | None = None
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)

@@ -701,16 +701,20 @@ class Exchange:
     def _track(self, o: Order, spec: MarketSpec, acct: Account) -> None:
         """Keep `acct.open_fills` equal to the sum of its open orders' fill effects (an
         order waiting for its trigger is not counted): updated whenever an order changes,
-        so a margin check costs per market, not per order."""
+        so a margin check costs per market, not per order. Only for accounts that have had
+        a margin check (`_open_fills`)."""
+        fills = acct.open_fills
+        if fills is None:
+            return
         counted = acct.live.get(o.order_id) is o and o.status is not OrderStatus.UNTRIGGERED
         new = self._fill_effect(o, spec, max(self._tier(acct).taker_ppm, 0), o.hold) if (
             counted) else None  # fmt: skip
         old = o.contrib
         if new == old:
             return
-        pair = acct.open_fills.get(o.market)
+        pair = fills.get(o.market)
         if pair is None:
-            pair = acct.open_fills[o.market] = ([0, 0, 0, 0], [0, 0, 0, 0])
+            pair = fills[o.market] = ([0, 0, 0, 0], [0, 0, 0, 0])
         agg = pair[0] if o.side is Side.BUY else pair[1]
         if old is not None:
             agg[0] -= old[0]
@@ -723,6 +727,16 @@ class Exchange:
             agg[2] += new[2]
             agg[3] += 1
         o.contrib = new
+
+    def _open_fills(self, acct: Account) -> dict[str, tuple[list[int], list[int]]]:
+        """The account's open-order aggregate, built from its orders the first time."""
+        fills = acct.open_fills
+        if fills is None:
+            fills = acct.open_fills = {}
+            for oid in sorted(acct.live):
+                o = acct.live[oid]
+                self._track(o, self.markets[o.market].spec, acct)
+        return fills
 
     # ----------------------------------------------------------------- orders
     def _place_command(self, cmd: c.PlaceOrder) -> None:
@@ -1688,7 +1702,8 @@ class Exchange:
         top_fee = max(self._tier(acct).taker_ppm, 0)
         # per market, what its bids and its asks do if they all fill (acct.open_fills):
         # [quantity (base, or perp size), perp notional, quote, orders]
-        sides = {m: (list(b), list(a)) for m, (b, a) in acct.open_fills.items() if b[3] or a[3]}
+        fills = self._open_fills(acct)
+        sides = {m: (list(b), list(a)) for m, (b, a) in fills.items() if b[3] or a[3]}
         if extra is not None:
             spec = self.markets[extra.market].spec
             effect = self._fill_effect(extra, spec, top_fee, 0)

@@ -102,8 +102,9 @@ def check(ex: Exchange) -> list[str]:
             for k in range(3):
                 agg[k] += effect[k]
             agg[3] += 1
-        kept = {m: v for m, v in acct.open_fills.items() if any(x for side in v for x in side)}
-        if kept != fills:
+        tracked = acct.open_fills
+        kept = {m: v for m, v in (tracked or {}).items() if any(x for side in v for x in side)}
+        if tracked is not None and kept != fills:
             problems.append(f"account {acct.account_id} open fills {kept} != {fills}")
         reducing = [o for o in acct.live.values() if o.reduce_only]
         if acct.reduce_only != len(reducing):

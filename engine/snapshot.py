@@ -178,9 +178,6 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
             if o.expire_ts is not None:
                 heapq.heappush(ex.expiries, (o.expire_ts, o.order_id))
         market.book.take_delta()
-    for acct in ex.accounts.values():  # margin aggregates, once every order is indexed
-        for o in acct.live.values():
-            ex._track(o, ex.markets[o.market].spec, acct)
     for row in snap.get("untriggered", []):  # waiting for their trigger: not in a book
         o = _order_in(row)
         ex._index_live(o, ex.accounts[o.account_id])
