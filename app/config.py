@@ -8,6 +8,7 @@ listing every problem), it is never half applied. File format: docs/markets.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.fixedpoint import FixedPointError, parse_units
 from engine.funding import DEFAULT_FUNDING, FundingParams
+from engine.lending import DEFAULT_LENDING, STABLE, VOLATILE, LendingParams
 from engine.markets import AssetSpec, ExchangeConfig, FeeTier, MarketSpec, default_config
 from engine.risk import DEFAULT_RISK, AssetRisk
 from engine.types import MarketKind
@@ -73,6 +75,7 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
         "fee_tiers",
         "max_batch",
         "market_slippage_ppm",
+        "lending",
         "oracle_stale_s",
         "risk",
         "interest_interval_s",
@@ -124,6 +127,10 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
                 extra[key[:-2] + "_ms"] = seconds * 1000
     if "risk" in raw:
         extra["risk"] = _risk(raw["risk"], problems)
+    quotes = {m.quote for m in markets.values()}
+    extra["lending"] = _lending(
+        raw.get("lending", {}), assets, quotes.pop() if len(quotes) == 1 else "", problems
+    )
     funding = _funding(raw, assets, problems)
     if funding is not None:
         extra["funding"] = funding
@@ -172,33 +179,67 @@ _RISK_FIELDS = {
     "slippage": "slippage_ppm",
     "supply_haircut": "supply_haircut_ppm",
 }
+_LENDING_FIELDS = {
+    "base_rate": "base_ppm",
+    "slope1": "slope1_ppm",
+    "slope2": "slope2_ppm",
+    "optimal_utilization": "optimal_ppm",
+    "reserve_factor": "reserve_factor_ppm",
+    "max_utilization": "max_utilization_ppm",
+}
+
+
+def _per_asset(
+    raw: Any,
+    what: str,
+    fields: dict[str, str],
+    out: dict[str, Any],
+    make: Callable[..., Any],
+    problems: list[str],
+    optional: dict[str, int] | None = None,
+) -> None:
+    """`{"BTC": {"field": "0.12", ...}}` over `out` (the defaults): fractions as decimal
+    strings, fields not given keep the asset's defaults; an asset without defaults must
+    give every field but those in `optional`."""
+    if not isinstance(raw, dict):
+        problems.append(f"{what} must be an object of assets")
+        return
+    for asset, given in raw.items():
+        if not isinstance(given, dict) or set(given) - set(fields):
+            problems.append(f"{what} {asset}: fields are {', '.join(fields)}")
+            continue
+        base = out.get(asset)
+        values = dict(optional or {})
+        if base is not None:
+            values.update({f: getattr(base, f) for f in fields.values()})
+        missing = [k for k, f in fields.items() if f not in values and k not in given]
+        if missing:
+            problems.append(f"{what} {asset}: a new asset needs {', '.join(missing)}")
+            continue
+        try:
+            for key, value in given.items():
+                values[fields[key]] = parse_units(str(value), 6)
+            out[asset] = make(**values)
+        except (FixedPointError, TypeError) as exc:
+            problems.append(f"{what} {asset}: {exc}")
 
 
 def _risk(raw: Any, problems: list[str]) -> dict[str, AssetRisk]:
-    """`{"BTC": {"initial": "0.12", ...}}`: fractions as decimal strings; fields not given
-    keep the built-in defaults of that asset (DESIGN section 7)."""
+    """Price shocks per asset (DESIGN section 7) over the built-in defaults."""
     out = dict(DEFAULT_RISK)
-    if not isinstance(raw, dict):
-        problems.append("risk must be an object of assets")
-        return out
-    for asset, fields in raw.items():
-        if not isinstance(fields, dict) or set(fields) - set(_RISK_FIELDS):
-            problems.append(f"risk {asset}: fields are {', '.join(_RISK_FIELDS)}")
-            continue
-        base = out.get(asset)
-        values = {} if base is None else {f: getattr(base, f) for f in _RISK_FIELDS.values()}
-        values.setdefault("supply_haircut_ppm", 0)
-        missing = [k for k, f in _RISK_FIELDS.items() if f not in values and k not in fields]
-        if missing:
-            problems.append(f"risk {asset}: a new asset needs {', '.join(missing)}")
-            continue
-        try:
-            for key, value in fields.items():
-                values[_RISK_FIELDS[key]] = parse_units(str(value), 6)
-            out[asset] = AssetRisk(**values)
-        except (FixedPointError, TypeError) as exc:
-            problems.append(f"risk {asset}: {exc}")
+    _per_asset(raw, "risk", _RISK_FIELDS, out, AssetRisk, problems, {"supply_haircut_ppm": 0})
     return out
+
+
+def _lending(raw: Any, assets: dict[str, AssetSpec], quote: str, problems: list[str]
+             ) -> dict[str, LendingParams]:  # fmt: skip
+    """Pool rate curves per asset (DESIGN section 6) over the built-in defaults; an asset
+    the defaults do not know starts from the volatile curve (the quote: the stable one)."""
+    out = dict(DEFAULT_LENDING)
+    for asset in assets:
+        out.setdefault(asset, STABLE if asset == quote else VOLATILE)
+    _per_asset(raw, "lending", _LENDING_FIELDS, out, LendingParams, problems)
+    return {a: p for a, p in out.items() if a in assets}
 
 
 def _market(item: Any, assets: dict[str, AssetSpec], problems: list[str]) -> MarketSpec | None:

@@ -7,10 +7,13 @@ reserve factor 10%, max utilization 95%. Interest settles every hour here.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import orjson
 import pytest
 
+from app.config import load_exchange_config
 from engine.accounts import TREASURY
 from engine.commands import (
     CreateAccount,
@@ -29,6 +32,7 @@ from engine.snapshot import take_snapshot
 from engine.types import LedgerReason, Reject, Side
 
 USDC, BTC = 10**6, 10**8
+ROOT = Path(__file__).resolve().parent.parent
 HOUR = 3_600_000
 ALICE, BOB = 1000, 1001
 FAR_FUNDING = FundingParams(100 * HOUR, 100 * HOUR, 1)
@@ -231,3 +235,38 @@ def test_lent_out_funds_cannot_be_withdrawn() -> None:
                                          amount=2_000 * USDC, withdrawal_id="some"))
             if isinstance(e, Rejected)] == []  # fmt: skip
     assert ex.pools["USDC"].free == 0 and ex.check_invariants() == []
+
+
+def test_markets_file_sets_lending_curves_and_funding(tmp_path: Path) -> None:
+    raw = json.loads((ROOT / "markets.example.json").read_text())
+    raw["lending"] = {"USDC": {"slope1": "0.05", "max_utilization": "0.9"}}
+    raw["funding_sample_s"], raw["funding_interval_s"] = 2, 60
+    raw["impact_notional"] = "2500.5"
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(raw))
+    cfg = load_exchange_config(str(path))
+    assert cfg.lending["USDC"] == dataclasses.replace(
+        STABLE, slope1_ppm=50_000, max_utilization_ppm=900_000)  # fmt: skip
+    assert cfg.lending["BTC"] == VOLATILE
+    assert (cfg.funding.sample_ms, cfg.funding.interval_ms) == (2_000, 60_000)
+    assert cfg.funding.impact_notional == 2_500_500_000
+    raw["assets"]["DOGE"] = {"decimals": 8}  # a new asset starts from the volatile curve
+    raw["risk"] = {"DOGE": {"initial": "0.5", "maintenance": "0.3", "liquidation_end": "0.4",
+                            "slippage": "0.01"}}  # fmt: skip
+    raw["lending"] = {"DOGE": {"reserve_factor": "0.3"}, "BTC": {"kink": "0.5"}}
+    raw["funding_interval_s"] = 61  # not a multiple of the sample interval
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError) as err:
+        load_exchange_config(str(path))
+    assert "lending BTC: fields are base_rate, slope1, slope2, optimal_utilization, " \
+        "reserve_factor, max_utilization" in str(err.value)  # fmt: skip
+    raw["lending"] = {"DOGE": {"reserve_factor": "0.3"}}
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError) as err:
+        load_exchange_config(str(path))
+    assert str(err.value).endswith(
+        "funding interval must be a positive multiple of the sample interval")
+    raw["funding_interval_s"] = 60
+    path.write_text(json.dumps(raw))
+    cfg = load_exchange_config(str(path))
+    assert cfg.lending["DOGE"] == dataclasses.replace(VOLATILE, reserve_factor_ppm=300_000)
