@@ -279,7 +279,15 @@ class MarketData:
     # -- queries -----------------------------------------------------------------
 
     def market_state(self, market: str) -> str:
-        return self._state[market]
+        """The operator's state, except that an open perp whose index is missing or stale
+        trades reduce-only (DESIGN section 8) and says so."""
+        state = self._state[market]
+        spec = self.books[market].spec
+        if state == MarketState.OPEN.value and spec.kind is MarketKind.PERP:
+            index = self.indexes.get(spec.base)
+            if index is None or index[2]:
+                return MarketState.REDUCE_ONLY.value
+        return state
 
     def book_snapshot(self, market: str, depth: int | None = 50) -> Wire:
         """`depth=None` gives the full book; the checksum always covers the top 25."""
@@ -345,7 +353,7 @@ class MarketData:
             pct = str(ratio.quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN))
         return {
             "market": market,
-            "state": self._state[market],
+            "state": self.market_state(market),
             "best_bid": fp(bid[0]) if bid else None,
             "best_bid_size": spec.fmt_size(bid[1]) if bid else None,
             "best_ask": fp(ask[0]) if ask else None,

@@ -148,6 +148,9 @@ async def test_index_goes_stale_on_time_and_survives_a_restart(
     assert int(time.time() * 1000) - set_ts >= 1000
     ticker = await oracle.ticker(BTC)
     assert (ticker["index"], ticker["index_stale"]) == ("64000", True)
+    perp = await oracle.request("GET", "/v1/markets/BTC-PERP", signed=False)
+    assert perp["state"] == "reduce_only"  # a stale index: the perp trades reduce-only
+    assert (await oracle.ticker("BTC-PERP"))["state"] == "reduce_only"
     server.stop()
     server.start()
     async with AsyncExchangeClient(server.base_url, ORACLE_KEY, ORACLE_SECRET) as again:
@@ -155,6 +158,8 @@ async def test_index_goes_stale_on_time_and_survives_a_restart(
         fresh = await again.set_oracle_prices({"BTC": "64100"})
         assert fresh["prices"]["BTC"]["stale"] is False
         assert index_of(await again.assets(), "BTC")["price"] == "64100"
+        perp = await again.request("GET", "/v1/markets/BTC-PERP", signed=False)
+        assert perp["state"] == "open"
 
 
 async def test_oracle_sim_posts_a_seeded_walk(

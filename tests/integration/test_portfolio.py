@@ -101,6 +101,12 @@ async def test_basis_trade_hedge_hold_and_reconcile(
         await trader.client.what_if(prices={"USDC": "1"})
     assert (err.value.status, err.value.code) == (400, "UNKNOWN_ASSET")
 
+    # the index really moves: the hedge holds (equity changes only by interest accrued)
+    for price in ("45000", "55000", "50000"):
+        await admin.set_oracle_prices({"BTC": price})
+        moved = await trader.client.account()
+        assert abs(Decimal(moved["health"]["equity"]) - Decimal("992")) < 1
+        assert Decimal(moved["health"]["maintenance"]) > 0
     # hold: the perp trades over the index (shorts receive funding), the loan pays interest
     await mm.client.place_order(market="BTC-PERP", side="buy", price="50100", size="0.1")
     await mm.client.place_order(market="BTC-PERP", side="sell", price="50300", size="0.1")
