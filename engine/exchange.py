@@ -1742,6 +1742,7 @@ class Exchange:
             markets = groups[base]
             choices = [[-1] + [k for k in (0, 1) if sides[m][k][3]] for m in markets]
             worst: tuple[int, ...] = ()
+            worst_piece = (0, 0, 0)
             worst_health = None
             for combo in product(*choices):
                 self._count_fills(balances, positions, markets, sides, combo, 1)
@@ -1751,14 +1752,12 @@ class Exchange:
                     pieces[base] = piece
                     h = self._sum_pieces(balances, pieces, rates, level)
                 self._count_fills(balances, positions, markets, sides, combo, -1)
-                if h is None:
+                if h is None or piece is None:
                     return None
                 if worst_health is None or h < worst_health:
-                    worst, worst_health = combo, h
+                    worst, worst_piece, worst_health = combo, piece, h
             self._count_fills(balances, positions, markets, sides, worst, 1)
-            piece = self._piece(base, balances, positions, perps_of, perp_marks, marks, rates)
-            assert piece is not None  # (it was computed for this very combination)
-            pieces[base] = piece
+            pieces[base] = worst_piece
         return worst_health  # (the last asset's worst, with every earlier worst counted)
 
     def _piece(
@@ -1775,30 +1774,30 @@ class Exchange:
         unrealized PnL of its perps, the PnL a flat position realized); None without a
         price it needs."""
         balance = balances.get(asset, 0)
-        exposures: list[PerpExposure] = []
-        upnl = realized = 0
+        size = abs_size = size_mark = upnl = realized = 0
         for market in perps_of.get(asset, ()):
             pos = positions.get(market)
             if pos is None:
                 continue
-            size, notional = pos
-            if not size:
+            n, notional = pos
+            if not n:
                 realized -= notional
                 continue
             mark = perp_marks[market]
             if mark is None:
                 return None
-            u = size * mark // self.markets[market].spec.base_unit - notional
-            upnl += u
-            exposures.append(PerpExposure(asset, size, mark, u))
-        if balance == 0 and not exposures:
+            upnl += n * mark // self.markets[market].spec.base_unit - notional
+            size += n
+            abs_size += abs(n)
+            size_mark += n * mark
+        if balance == 0 and not abs_size:
             return 0, upnl, realized
         index = marks.get(asset)
         if index is None:
             return None
         value = token_num(
-            balance, exposures, index, self.config.risk.get(asset), rates.get(asset, 0),
-            Level.INITIAL,
+            balance, size, abs_size, size_mark, index, self.config.risk.get(asset),
+            rates.get(asset, 0), Level.INITIAL,
         )  # fmt: skip
         return value * (self._risk_top // 10 ** self._decimals[asset]), upnl, realized
 

@@ -93,6 +93,7 @@ class PerpExposure:
 #   adj(t) = adj_num / A;  a shocked price P = mark * (PPM +/- shock) / PPM = PN / PPM;
 #   value_t * U * A * PPM * PPM = adj_num*PN*PPM - slip*|adj_num|*PN
 #       + sum_p size_p*(PN - mark_p*PPM)*A*PPM - slip*|size_p|*PN*A
+# which depends on the perps only through sum(size), sum(|size|), sum(size * mark_p).
 A = PPM * YEAR_MS
 DEN = A * PPM * PPM
 
@@ -109,33 +110,33 @@ def adjusted_num(balance: int, risk: AssetRisk | None, borrow_rate_ppm: int, lev
 
 
 def token_value_num(
-    adj_num: int, perps: list[PerpExposure], mark: int, shock_ppm: int, slip_ppm: int
+    adj_num: int, size: int, abs_size: int, size_mark: int, mark: int, shock: int, slip: int
 ) -> int:
-    """token_t * U * DEN: the worse of the two shocked values."""
-    worst = 0
-    for k in (0, 1) if shock_ppm else (0,):
-        pn = mark * (PPM + shock_ppm if k == 0 else PPM - shock_ppm)
-        v = adj_num * pn * PPM - slip_ppm * abs(adj_num) * pn
-        for p in perps:
-            v += p.size * (pn - p.mark * PPM) * A * PPM - slip_ppm * abs(p.size) * pn * A
-        if k == 0 or v < worst:
-            worst = v
-    return worst
+    """token_t * U * DEN, from the asset's adjusted balance and the sums over its perps of
+    size, |size| and size * perp mark. With PN = mark * (PPM +/- shock), each shocked value
+    is PN * C - A * PPM**2 * size_mark where
+    C = adj_num*PPM - slip*|adj_num| + A*(PPM*size - slip*abs_size), so the worse of the
+    two is mark * (PPM*C - shock*|C|) - A * PPM**2 * size_mark."""
+    c = adj_num * PPM - slip * abs(adj_num) + A * (PPM * size - slip * abs_size)
+    return mark * (PPM * c - shock * abs(c)) - A * PPM * PPM * size_mark
 
 
 def token_num(
     balance: int,
-    perps: list[PerpExposure],
+    size: int,
+    abs_size: int,
+    size_mark: int,
     mark: int,
     params: AssetRisk | None,
     borrow_rate_ppm: int,
     level: Level,
 ) -> int:
-    """token_t * U * DEN for one asset: its balance and the perps on it, at `level`."""
+    """token_t * U * DEN for one asset: its balance and the perps on it (as sums of size,
+    |size| and size * perp mark), at `level`."""
     shock = params.shock_ppm(level) if params is not None else 0
     slip = params.slippage_ppm if params is not None and level is not Level.EQUITY else 0
     adj = adjusted_num(balance, params, borrow_rate_ppm, level)
-    return token_value_num(adj, perps, mark, shock, slip)
+    return token_value_num(adj, size, abs_size, size_mark, mark, shock, slip)
 
 
 def quote_num(balance: int, borrow_rate_ppm: int, level: Level, upnl: int) -> int:
@@ -185,9 +186,15 @@ def health(
         if mark is None:
             return None
         unit = 10 ** decimals[asset]
+        size = abs_size = size_mark = 0
+        for p in on_asset:
+            size += p.size
+            abs_size += abs(p.size)
+            size_mark += p.size * p.mark
         value = token_num(
-            balance, on_asset, mark, risk.get(asset), borrow_rates_ppm.get(asset, 0), level
-        )
+            balance, size, abs_size, size_mark, mark, risk.get(asset),
+            borrow_rates_ppm.get(asset, 0), level,
+        )  # fmt: skip
         tokens += value * (top // unit)  # units are powers of ten: top // unit is exact
         if parts is not None:
             parts[asset] = value // (unit * DEN)
