@@ -173,7 +173,8 @@ def health_table() -> str:
         ("`account_state`: the account view (levels, parts, liquidation prices)",
          median_us(lambda: ex.account_state(trader), 500)),
     ]  # fmt: skip
-    lines = [f"Account: USDC {h[Level.EQUITY]} equity, a 0.5 BTC loan, 10 ETH, long 0.5 "
+    equity = (h[Level.EQUITY] or 0) // USDC
+    lines = [f"Account: {equity:,} USDC of equity, a 0.5 BTC loan, 10 ETH, long 0.5 "
              f"BTC-PERP and 5 ETH-PERP, {len(acct.live)} open orders.", "",
              "| computation | median µs |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {us:.1f} |" for name, us in rows]
