@@ -147,6 +147,8 @@ class Exchange:
         self.next_sample_ts: int | None = None  # the next funding sample (None: not yet set)
         self.next_funding_ts: int | None = None  # the next funding settlement
         self.open_interest = {m: 0 for m in sorted(self._perp_markets)}  # sum of long sizes
+        # who holds a position in each perp (funding pays them without a walk over accounts)
+        self.holders: dict[str, set[int]] = {m: set() for m in sorted(self._perp_markets)}
         self.triggers = {m: TriggerBook() for m in sorted(self._perp_markets)}
         self.untriggered = 0  # live stop / take-profit orders waiting for their trigger
         # (account, perp) whose position moved in this command while it has reduce-only
@@ -618,11 +620,9 @@ class Exchange:
         ref = f"funding:{market}:{ts}"
         quote, unit = spec.quote, spec.base_unit
         paid = 0
-        for aid in sorted(self.accounts):
+        for aid in sorted(self.holders[market]):
             acct = self.accounts[aid]
-            pos = acct.positions.get(market)
-            if pos is None or not pos.size:
-                continue
+            pos = acct.positions[market]
             amount = payment(pos.size, index, rate, unit)
             if amount > 0:
                 self._transfer(quote, aid, FUNDING, amount, LedgerReason.FUNDING, ref)
@@ -1143,6 +1143,10 @@ class Exchange:
         before = pos.size
         pnl = pos.fill(qty, price, spec.base_unit)
         self.open_interest[spec.symbol] += max(pos.size, 0) - max(before, 0)
+        if not before:
+            self.holders[spec.symbol].add(acct.account_id)
+        elif not pos.size:
+            self.holders[spec.symbol].discard(acct.account_id)
         self._events.append(
             PositionChanged(acct.account_id, spec.symbol, pos.size, pos.open_notional, pos.realized)
         )

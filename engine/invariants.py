@@ -52,6 +52,12 @@ def check(ex: Exchange) -> list[str]:
     }
     if longs != ex.open_interest:
         problems.append(f"open interest {ex.open_interest} is not the longs {longs}")
+    held = {
+        m: {a.account_id for a in ex.accounts.values() if m in a.positions and a.positions[m].size}
+        for m in ex.holders
+    }
+    if held != ex.holders:
+        problems.append("the perp holder index differs from the positions")
     if any(ex.accounts[FUNDING].balances.values()):
         problems.append(f"funding clearing holds {ex.accounts[FUNDING].balances}")
     for asset, pool in ex.pools.items():

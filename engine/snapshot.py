@@ -196,6 +196,8 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     for aid, market, size, open_notional, realized in snap.get("positions", []):
         ex.accounts[aid].positions[market] = Position(market, size, open_notional, realized)
         ex.open_interest[market] += max(size, 0)
+        if size:
+            ex.holders[market].add(aid)
     for market, premium_sum, samples, basis, last_rate in snap.get("funding", []):
         ex.funding[market] = MarketFunding(market, premium_sum, samples, basis, last_rate)
     ex.next_sample_ts, ex.next_funding_ts = snap.get("funding_ts", [None, None])
