@@ -8,7 +8,6 @@ are in a defined order; the expiry heap is rebuilt, not stored).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from engine.positions import Position
 from engine.triggers import triggers_on_rise
 from engine.types import (
     LedgerReason,
-    MarketKind,
     MarketState,
     OrderStatus,
     OrderType,
@@ -166,17 +164,7 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         for row in data["resting"]:
             o = _order_in(row)
             market.book.add(o)
-            ex.orders[o.order_id] = o
-            acct = ex.accounts[o.account_id]
-            acct.live[o.order_id] = o
-            if market.spec.kind is MarketKind.PERP:
-                acct.perp_orders += 1
-            if o.reduce_only:
-                acct.reduce_only += 1
-            if o.client_order_id is not None:
-                acct.client_ids[o.client_order_id] = o.order_id
-            if o.expire_ts is not None:
-                heapq.heappush(ex.expiries, (o.expire_ts, o.order_id))
+            ex._index_live(o, ex.accounts[o.account_id])
         market.book.take_delta()
     for row in snap.get("untriggered", []):  # waiting for their trigger: not in a book
         o = _order_in(row)

@@ -31,6 +31,7 @@ from engine.funding import FundingParams, impact_price, payment, premium, settle
 from engine.markets import default_config
 from engine.snapshot import take_snapshot
 from engine.types import LedgerReason, Side, TimeInForce
+from tests.engine_helpers import run as run_cmds
 
 USDC, BTC = 10**6, 10**8
 PERP = "BTC-PERP"
@@ -67,11 +68,7 @@ def test_impact_prices_and_premium() -> None:
 
 
 def run(ex: Exchange, ts: int, *cmds: Command) -> list[Event]:
-    out: list[Event] = []
-    for cmd in cmds:
-        ex.last_seq += 1
-        out += ex.apply(dataclasses.replace(cmd, seq=ex.last_seq, ts=ts))
-    return out
+    return run_cmds(ex, *cmds, ts=ts)
 
 
 def perp(account: int, side: Side, size: int, price: int, **kw: object) -> PlaceOrder:

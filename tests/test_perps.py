@@ -13,7 +13,6 @@ from engine.accounts import FEES, PNL_CLEARING
 from engine.commands import (
     AmendOrder,
     BatchPlace,
-    Command,
     CreateAccount,
     Deposit,
     PlaceOrder,
@@ -21,13 +20,14 @@ from engine.commands import (
     SetOraclePrices,
     Withdraw,
 )
-from engine.events import Event, Rejected
+from engine.events import Rejected
 from engine.exchange import Exchange
 from engine.markets import default_config
 from engine.positions import Position, mark_price
 from engine.risk import Level
 from engine.snapshot import take_snapshot
 from engine.types import MarketState, OrderType, Reject, Side, TimeInForce
+from tests.engine_helpers import rejections, run
 
 USDC, BTC = 10**6, 10**8
 PERP = "BTC-PERP"
@@ -59,14 +59,6 @@ def test_mark_is_the_median_clamped_to_ten_percent_of_the_index() -> None:
     assert mark_price(100, 10, 20) == 90
 
 
-def run(ex: Exchange, *cmds: Command) -> list[Event]:
-    out: list[Event] = []
-    for cmd in cmds:
-        ex.last_seq += 1
-        out += ex.apply(dataclasses.replace(cmd, seq=ex.last_seq, ts=ex.last_ts + 1))
-    return out
-
-
 def world() -> Exchange:
     cfg = dataclasses.replace(default_config(), oracle_stale_ms=10**12)
     ex = Exchange(cfg)
@@ -86,10 +78,6 @@ def world() -> Exchange:
 def order(account: int, side: Side, size: int, price: int, **kw: object) -> PlaceOrder:
     return PlaceOrder(account_id=account, market=PERP, side=side, size=size, price=price,
                       **kw)  # type: ignore[arg-type]  # fmt: skip
-
-
-def rejections(events: list[Event]) -> list[Rejected]:
-    return [e for e in events if isinstance(e, Rejected)]
 
 
 def test_open_and_close_a_position_through_pnl_clearing() -> None:

@@ -12,36 +12,23 @@ from fractions import Fraction
 from engine.commands import (
     BatchPlace,
     CancelAll,
-    Command,
     CreateAccount,
     Deposit,
     PlaceOrder,
     SetAccountSettings,
     SetOraclePrices,
 )
-from engine.events import Event, Rejected
 from engine.exchange import Exchange
 from engine.lending import STABLE, borrow_rate_ppm
 from engine.markets import default_config
 from engine.portfolio import WhatIfOrder
 from engine.risk import BORROW_HORIZON_MS, YEAR_MS, Level
 from engine.types import OrderType, Reject, Side, TimeInForce
+from tests.engine_helpers import rejections, run
 
 USDC, BTC = 10**6, 10**8
 LENDER, MM, TRADER, BOB = 1000, 1001, 1002, 1003
 PX = 50_000 * USDC
-
-
-def run(ex: Exchange, *cmds: Command) -> list[Event]:
-    out: list[Event] = []
-    for cmd in cmds:
-        ex.last_seq += 1
-        out += ex.apply(dataclasses.replace(cmd, seq=ex.last_seq, ts=ex.last_ts + 1))
-    return out
-
-
-def rejections(events: list[Event]) -> list[Rejected]:
-    return [e for e in events if isinstance(e, Rejected)]
 
 
 def ioc(account: int, market: str, side: Side, size: int, price: int = PX) -> PlaceOrder:

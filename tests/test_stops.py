@@ -11,33 +11,21 @@ import dataclasses
 from engine.commands import (
     AmendOrder,
     CancelOrder,
-    Command,
     CreateAccount,
     Deposit,
     PlaceOrder,
     SetOraclePrices,
 )
-from engine.events import Event, OrderUpdate, Rejected, TradeEvent
+from engine.events import Event, OrderUpdate, TradeEvent
 from engine.exchange import Exchange
 from engine.markets import default_config
 from engine.snapshot import take_snapshot
 from engine.types import OrderStatus, OrderType, Reject, Side, TimeInForce
+from tests.engine_helpers import rejections, run
 
 USDC, BTC = 10**6, 10**8
 PERP = "BTC-PERP"
 BOB, MM, CAROL = 1000, 1001, 1002
-
-
-def run(ex: Exchange, *cmds: Command) -> list[Event]:
-    out: list[Event] = []
-    for cmd in cmds:
-        ex.last_seq += 1
-        out += ex.apply(dataclasses.replace(cmd, seq=ex.last_seq, ts=ex.last_ts + 1))
-    return out
-
-
-def rejections(events: list[Event]) -> list[Rejected]:
-    return [e for e in events if isinstance(e, Rejected)]
 
 
 def updates(events: list[Event]) -> list[tuple[int, str, int, str | None]]:

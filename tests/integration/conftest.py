@@ -62,9 +62,24 @@ def start_server_with_markets(
     yield from start_server(kind, tmp, env)
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def markets_server(name: str, overrides: dict[str, Any]) -> Any:
+    """A module's `server` fixture: one server per backend whose markets file is
+    markets.example.json plus `overrides` (e.g. fast funding or interest)."""
+
+    @pytest.fixture(scope="module", params=BACKENDS)
+    def server(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[ServerProcess]:
+        tmp = tmp_path_factory.mktemp(f"{name}-{request.param}")
+        yield from start_server_with_markets(request.param, tmp, overrides)
+
+    return server
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from exchange_client import ApiError, AsyncExchangeClient, ExchangeWebSocket
-from tests.integration.conftest import MakeTrader, start_server_with_markets
-from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
+from tests.integration.conftest import MakeTrader, markets_server
+from tests.server import ServerProcess
 
 PERP = "BTC-PERP"
 ETH = "ETH-PERP"
@@ -25,26 +24,15 @@ def pick(d: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: d[k] for k in keys}
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp(f"funding-{request.param}")
-    overrides = {
+server = markets_server(
+    "funding",
+    {
         "funding_sample_s": 1,
         "funding_interval_s": 2,
         "impact_notional": "1000",
         "oracle_stale_s": 3600,
-    }
-    yield from start_server_with_markets(request.param, tmp, overrides)
-
-
-@pytest.fixture
-async def admin(server: ServerProcess) -> AsyncIterator[AsyncExchangeClient]:
-    async with AsyncExchangeClient(server.base_url, ADMIN_KEY, ADMIN_SECRET) as client:
-        yield client
+    },
+)
 
 
 async def settlement_after(client: AsyncExchangeClient, after_ts: int) -> dict[str, Any]:

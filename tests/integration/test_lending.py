@@ -5,33 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from exchange_client import ApiError, AsyncExchangeClient
-from tests.integration.conftest import MakeTrader, start_server_with_markets
+from tests.integration.conftest import MakeTrader, markets_server
 from tests.server import ADMIN_KEY, ADMIN_SECRET, ServerProcess
 
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """Interest settles every 2 s; index prices stay fresh for an hour."""
-    tmp = tmp_path_factory.mktemp(f"lending-{request.param}")
-    overrides = {"interest_interval_s": 2, "oracle_stale_s": 3600}
-    yield from start_server_with_markets(request.param, tmp, overrides)
-
-
-@pytest.fixture
-async def admin(server: ServerProcess) -> AsyncIterator[AsyncExchangeClient]:
-    async with AsyncExchangeClient(server.base_url, ADMIN_KEY, ADMIN_SECRET) as client:
-        yield client
+# interest settles every 2 s; index prices stay fresh for an hour
+server = markets_server("lending", {"interest_interval_s": 2, "oracle_stale_s": 3600})
 
 
 def pool(lending: dict[str, Any], asset: str) -> dict[str, Any]:
