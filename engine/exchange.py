@@ -356,9 +356,17 @@ class Exchange:
         fb = a.balances[asset] = a.balances.get(asset, 0) - amount
         tb = b.balances[asset] = b.balances.get(asset, 0) + amount
         if frm >= FIRST_USER_ACCOUNT:
-            self.pools[asset].move(fb + amount, fb)
+            pool = self.pools[asset]
+            pool.move(fb + amount, fb)
+            if a.auto_borrow and a.holds.get(asset, 0):
+                h = a.holds[asset]
+                pool.pending += max(h - max(fb, 0), 0) - max(h - max(fb + amount, 0), 0)
         if to >= FIRST_USER_ACCOUNT:
-            self.pools[asset].move(tb - amount, tb)
+            pool = self.pools[asset]
+            pool.move(tb - amount, tb)
+            if b.auto_borrow and b.holds.get(asset, 0):
+                h = b.holds[asset]
+                pool.pending += max(h - max(tb, 0), 0) - max(h - max(tb - amount, 0), 0)
         t = Transfer(self.next_transfer_id, asset, frm, to, amount, reason, ref, fb, tb, self._ts)
         self.next_transfer_id += 1
         self._events.append(t)
@@ -448,7 +456,7 @@ class Exchange:
         pool = self.pools[asset]
         if loan + own_leaving > pool.free:
             raise _Refused(Reject.INSUFFICIENT_LIQUIDITY, f"the {asset} pool has {pool.free} free")
-        supplied, borrowed = pool.supplied - own_leaving, pool.borrowed + loan
+        supplied, borrowed = pool.supplied - own_leaving, pool.borrowed + pool.pending + loan
         limit = self.config.lending[asset].max_utilization_ppm
         if borrowed * LENDING_PPM > limit * supplied:
             raise _Refused(
@@ -681,8 +689,12 @@ class Exchange:
         new = self._required_hold(o, spec, self._tier(acct))
         if new != o.hold:
             asset = spec.quote if o.side is Side.BUY else spec.base
-            acct.holds[asset] = acct.holds.get(asset, 0) + new - o.hold
+            before = acct.holds.get(asset, 0)
+            after = acct.holds[asset] = before + new - o.hold
             o.hold = new
+            if acct.auto_borrow:  # what it holds beyond its balance: a pending loan
+                own = max(acct.balances.get(asset, 0), 0)
+                self.pools[asset].pending += max(after - own, 0) - max(before - own, 0)
         self._track(o, spec, acct)
 
     def _fill_effect(
@@ -882,13 +894,18 @@ class Exchange:
         account_id: int,
         stp: StpMode,
         used: dict[int, int] | None = None,
+        moved: dict[tuple[int, str], int] | None = None,
     ) -> tuple[int, int]:
         """(size, notional) a taker would fill, walking the book without changing it.
 
         Own orders are skipped with STP `cancel_maker` and stop the walk otherwise. `used`
-        carries what earlier atomic legs already took from each maker and is updated.
-        """
+        carries what earlier atomic legs already took from each maker, `moved` how far
+        those fills moved each maker's perp position (a reduce-only maker fills no more
+        than what is left of its position, as in `_match`); both are updated."""
         spec = self.markets[book.market].spec
+        perp = spec.kind is MarketKind.PERP
+        if moved is None:
+            moved = {}
         need, notional = size, 0
         for level in book.levels_from_best(side.opposite):
             if (
@@ -909,10 +926,22 @@ class Exchange:
                         continue
                     return size - need, notional
                 q = min(need, maker.remaining - taken)
+                key = (maker.account_id, spec.symbol)
+                if maker.reduce_only:
+                    pos = self.accounts[maker.account_id].positions.get(spec.symbol)
+                    held = (pos.size if pos is not None else 0) + moved.get(key, 0)
+                    room = max(held, 0) if maker.side is Side.SELL else max(-held, 0)
+                    if room == 0:  # the real match cancels it
+                        if used is not None:
+                            used[maker.order_id] = maker.remaining
+                        continue
+                    q = min(q, room)
                 if q > 0:
                     notional += spec.notional(level.price, q)
                     if used is not None:
                         used[maker.order_id] = taken + q
+                    if perp:
+                        moved[key] = moved.get(key, 0) + (q if maker.side is Side.BUY else -q)
                 need -= q
                 if need == 0:
                     return size, notional
@@ -972,6 +1001,7 @@ class Exchange:
                 )
         if (
             tif is TimeInForce.FOK
+            and not funds_checked  # (an atomic batch has walked the book for all its legs)
             and self._walk(market.book, cmd.side, price, cmd.size, account_id, stp)[0] < cmd.size
         ):
             raise _Refused(Reject.FOK_NOT_FILLED, "the book cannot fill the whole size")
@@ -1200,7 +1230,8 @@ class Exchange:
         if o.level is not None:
             market.book.remove(o)
         elif o.status is OrderStatus.UNTRIGGERED:
-            self.untriggered -= 1  # (its trigger-book entry is dropped when popped)
+            self.untriggered -= 1
+            self.triggers[o.market].forget(o.order_id)
         self._finish(o, status, reason)
         o.updated_ts = self._ts
         self._drop_live(o, acct)
@@ -1315,25 +1346,41 @@ class Exchange:
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
         need = self._required_hold(o, spec, self._tier(acct), new_price, new_size)
         asset = spec.quote if o.side is Side.BUY else spec.base
-        if spec.kind is MarketKind.PERP:  # judged by margin with the order as amended
-            before = o.price, o.size
-            o.price, o.size = new_price, new_size
-            self._track(o, spec, acct)
-            try:
-                self._check_margin(acct, {}, "with the amended order filled")
-            finally:
-                o.price, o.size = before
-                self._track(o, spec, acct)
-        elif need - o.hold > acct.available(asset):
-            raise _Refused(
-                Reject.INSUFFICIENT_BALANCE,
-                f"needs {need - o.hold} more {asset}, has {acct.available(asset)}",
-            )
+        more, available = need - o.hold, acct.available(asset)
+        rates = None
+        if more > 0 and more > available:  # it would hold more than the account has
+            if not acct.auto_borrow:
+                raise _Refused(
+                    Reject.INSUFFICIENT_BALANCE, f"needs {more} more {asset}, has {available}"
+                )
+            rates = self._rates_with_loan(asset, more - max(available, 0))
+        if spec.kind is MarketKind.PERP or rates is not None or self._has_exposure(acct):
+            self._check_amended_margin(o, spec, acct, new_price, new_size, need, rates)
         market.book.remove(o)
         o.price, o.size = new_price, new_size
         self._unindex(o, acct)  # re-indexed by _match_and_rest if it rests again
         self._refresh_hold(o, spec, acct)
         self._match_and_rest(o, market, acct)
+
+    def _check_amended_margin(
+        self,
+        o: Order,
+        spec: MarketSpec,
+        acct: Account,
+        price: int,
+        size: int,
+        hold: int,
+        rates: dict[str, int] | None,
+    ) -> None:
+        """Initial health with `o` counted as amended (price, size and what it would hold)."""
+        before = o.price, o.size, o.hold
+        o.price, o.size, o.hold = price, size, hold
+        self._track(o, spec, acct)
+        try:
+            self._check_margin(acct, {}, "with the amended order filled", rates)
+        finally:
+            o.price, o.size, o.hold = before
+            self._track(o, spec, acct)
 
     # ----------------------------------------------------------------- expiry
     def _expire_due(self, ts: int) -> None:
@@ -1398,7 +1445,7 @@ class Exchange:
                 reason = CancelReason.NO_LIQUIDITY
             else:
                 o.price = self._protective_price(market, o.side)
-        if reason is None and not o.reduce_only:
+        if reason is None and not o.reduce_only and self.config.margin_checks:
             after = self._initial_health(acct, {}, self.borrow_rates(), o)
             if after is None or after < 0:
                 reason = CancelReason.MARGIN
@@ -1481,6 +1528,7 @@ class Exchange:
                     Reject.ATOMIC_BATCH_FAILED, f"leg {i}: reduce-only legs are not supported"
                 )
         used: dict[int, int] = {}
+        moved: dict[tuple[int, str], int] = {}
         avail: dict[str, int] = {}
         margin_change: dict[str, int] = {}  # balances and "M:size"/"M:notional" after all legs
         legs: list[c.PlaceOrder] = []
@@ -1492,6 +1540,10 @@ class Exchange:
                 raise _Refused(
                     Reject.ATOMIC_BATCH_FAILED, f"leg {i}: {r.reason.name} {r.detail}"
                 ) from r
+            if item.type in STOP_TYPES:  # it would wait for its trigger, not fill now
+                raise _Refused(
+                    Reject.ATOMIC_BATCH_FAILED, f"leg {i}: a stop or take-profit order waits"
+                )
             spec = market.spec
             filled, notional = self._walk(
                 market.book,
@@ -1501,6 +1553,7 @@ class Exchange:
                 acct.account_id,
                 item.stp or acct.stp,
                 used,
+                moved,
             )
             if filled < item.size:
                 raise _Refused(Reject.ATOMIC_BATCH_FAILED, f"leg {i}: the book cannot fill it")
@@ -1538,7 +1591,11 @@ class Exchange:
             except _Refused as r:
                 raise _Refused(Reject.ATOMIC_BATCH_FAILED, r.detail) from r
             rates = {**(rates or loan_rates), asset: loan_rates[asset]}
-        if rates is not None or any(k.endswith(":size") for k in margin_change):
+        if (
+            rates is not None
+            or any(k.endswith(":size") for k in margin_change)
+            or self._has_exposure(acct)
+        ):
             after = self._initial_health(
                 acct, margin_change, self.borrow_rates() if rates is None else rates
             )
@@ -1741,28 +1798,39 @@ class Exchange:
             pieces[asset] = piece
         if not groups:
             return self._sum_pieces(balances, pieces, rates, level)
-        worst_health: int | None = None
+        # Per asset with orders, every combination of its markets' fills: the asset's piece
+        # and how much quote it moves. The worst case is then tried over every choice of
+        # one combination per asset (a quote loan weighs more than a quote balance, so
+        # assets are not independent).
+        options: list[list[tuple[tuple[int, int, int], int]]] = []
         for base in sorted(groups):
             markets = groups[base]
             choices = [[-1] + [k for k in (0, 1) if sides[m][k][3]] for m in markets]
-            worst: tuple[int, ...] = ()
-            worst_piece = (0, 0, 0)
-            worst_health = None
+            found: list[tuple[tuple[int, int, int], int]] = []
             for combo in product(*choices):
+                before = balances.get(quote, 0)
                 self._count_fills(balances, positions, markets, sides, combo, 1)
                 piece = self._piece(base, balances, positions, perps_of, perp_marks, marks, rates)
-                h = None
-                if piece is not None:
-                    pieces[base] = piece
-                    h = self._sum_pieces(balances, pieces, rates, level)
+                moved = balances.get(quote, 0) - before
                 self._count_fills(balances, positions, markets, sides, combo, -1)
-                if h is None or piece is None:
+                if piece is None:
                     return None
-                if worst_health is None or h < worst_health:
-                    worst, worst_piece, worst_health = combo, piece, h
-            self._count_fills(balances, positions, markets, sides, worst, 1)
-            pieces[base] = worst_piece
-        return worst_health  # (the last asset's worst, with every earlier worst counted)
+                found.append((piece, moved))
+            options.append(found)
+            pieces.pop(base, None)
+        tokens = upnl = realized = 0
+        for token, u, r in pieces.values():  # the assets without orders
+            tokens, upnl, realized = tokens + token, upnl + u, realized + r
+        cash, rate = balances.get(quote, 0), rates.get(quote, 0)
+        worst: int | None = None
+        for pick in product(*options):
+            t, u, r, q = tokens, upnl, realized, cash
+            for (token, pu, pr), moved in pick:
+                t, u, r, q = t + token, u + pu, r + pr, q + moved
+            h = combine(quote_num(q + r, rate, level, u), t, self._risk_top)
+            if worst is None or h < worst:
+                worst = h
+        return worst
 
     def _piece(
         self,

@@ -60,7 +60,14 @@ def check(ex: Exchange) -> list[str]:
         problems.append("the perp holder index differs from the positions")
     if any(ex.accounts[FUNDING].balances.values()):
         problems.append(f"funding clearing holds {ex.accounts[FUNDING].balances}")
+    pending: dict[str, int] = defaultdict(int)
+    for acct in ex.accounts.values():
+        if acct.account_id >= FIRST_USER_ACCOUNT and acct.auto_borrow:
+            for asset, hold in acct.holds.items():
+                pending[asset] += max(hold - max(acct.balance(asset), 0), 0)
     for asset, pool in ex.pools.items():
+        if pool.pending != pending[asset]:
+            problems.append(f"{asset} pool says {pool.pending} pending, orders {pending[asset]}")
         if (pool.supplied, pool.borrowed) != (supplied[asset], borrowed[asset]):
             problems.append(
                 f"{asset} pool says {pool.supplied} supplied / {pool.borrowed} borrowed, "
@@ -74,6 +81,9 @@ def check(ex: Exchange) -> list[str]:
     missing = sorted(o.order_id for o in waiting if o.order_id not in queued)
     if missing:
         problems.append(f"untriggered orders {missing} are in no trigger book")
+    for perp, waits in ex.triggers.items():
+        if waits.ids != {o.order_id for o in waiting if o.market == perp}:
+            problems.append(f"{perp} trigger book waits for {sorted(waits.ids)}")
 
     want_holds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for oid, o in ex.orders.items():

@@ -15,7 +15,8 @@ Rules owned here:
   balance / supplied)`; what is left (the reserve and the rounding dust) stays
   with the treasury, so the sum of balances does not move;
 * a new loan may not take utilization above `max_utilization`, nor take more
-  than the pool's free liquidity (`supplied - borrowed`).
+  than the pool's free liquidity (`supplied - borrowed - pending`, where
+  `pending` is what open auto_borrow orders will borrow as they fill).
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ DEFAULT_LENDING = {"USDC": STABLE, "BTC": VOLATILE, "ETH": VOLATILE, "SOL": VOLA
 
 
 class Pool:
-    __slots__ = ("asset", "supplied", "borrowed")
+    __slots__ = ("asset", "supplied", "borrowed", "pending")
 
     def __init__(self, asset: str) -> None:
         self.asset = asset
         self.supplied = 0
         self.borrowed = 0
+        # loans that open auto_borrow orders will take as they fill (what they hold beyond
+        # their account's balance): set aside, so no one else can take that liquidity
+        self.pending = 0
 
     def move(self, old: int, new: int) -> None:
         """A user balance went from `old` to `new`."""
@@ -74,7 +78,8 @@ class Pool:
 
     @property
     def free(self) -> int:
-        return self.supplied - self.borrowed
+        """What may still leave the pool or be lent: supplies less loans, taken or pending."""
+        return self.supplied - self.borrowed - self.pending
 
 
 def utilization_ppm(supplied: int, borrowed: int) -> int:

@@ -11,7 +11,8 @@ Rules owned here:
   rounding of each evaluation to an atomic unit. `null` when health does not
   depend on the asset or would need a price <= 0;
 * what-if counts each order as completely filled at its limit price (a market
-  order without one at the prices the book would give it now) and paying the top
+  order without one at the prices the book would give it now, within its
+  protective limit and self-trade prevention) and paying the top
   taker fee; open orders are left out, as in the account view. A price given for
   an asset moves its index and the mark of every perp on it.
 """
@@ -141,12 +142,13 @@ def what_if_change(
             return change, Reject.INVALID_SIZE, f"order {i}: size must be a positive lot multiple"
         if o.price is not None:
             notional = spec.notional(o.price, o.size)
-        else:
-            best = market.book.best(o.side.opposite)
-            limit = 10**17 if o.side is Side.BUY else 1
-            filled, notional = (0, 0) if best is None else ex._walk(
-                market.book, o.side, limit, o.size, -1, acct.stp
-            )  # fmt: skip
+        else:  # as a market order would fill now: up to its protective limit, with STP
+            filled = notional = 0
+            if market.book.best(o.side.opposite) is not None:
+                limit = ex._protective_price(market, o.side)
+                filled, notional = ex._walk(
+                    market.book, o.side, limit, o.size, acct.account_id, acct.stp
+                )
             if filled < o.size:
                 return change, Reject.NO_LIQUIDITY, f"order {i}: the book cannot fill it"
         fee = ceil_div(notional * top_fee, PPM)

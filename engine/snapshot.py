@@ -193,6 +193,9 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():
                 ex.pools[asset].move(0, bal)
+            if acct.auto_borrow:  # and the loans its open orders will take
+                for asset, hold in acct.holds.items():
+                    ex.pools[asset].pending += max(hold - max(acct.balance(asset), 0), 0)
     return ex
 
 
