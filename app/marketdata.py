@@ -36,6 +36,7 @@ from engine.events import (
     IndexStale,
     IndexUpdated,
     MarketStateChanged,
+    OpenInterestChanged,
     TradeEvent,
 )
 from engine.fixedpoint import format_units
@@ -166,9 +167,9 @@ class MarketData:
         self._state: dict[str, str] = {m: MarketState.OPEN.value for m in self.books}
         # asset -> (index price in quote atomic units, ts it was set, stale)
         self.indexes: dict[str, tuple[int, int, bool]] = {}
-        # perp -> the last funding sample: (predicted rate ppb, mark basis, open interest,
-        # next settlement ts)
-        self.funding: dict[str, tuple[int, int, int, int]] = {}
+        # perp -> the last funding sample: (predicted rate ppb, mark basis, next settlement ts)
+        self.funding: dict[str, tuple[int, int, int]] = {}
+        self.open_interest: dict[str, int] = {}  # perp -> sum of long positions
         self.seq = 0
 
     # -- feeding -----------------------------------------------------------------
@@ -195,7 +196,11 @@ class MarketData:
                 self.indexes[ev.asset] = (ev.price, ev.set_ts, True)
                 indexed.append(ev.asset)
             elif isinstance(ev, FundingSampled) and ev.market in self.books:
-                self.funding[ev.market] = (ev.rate, ev.basis, ev.open_interest, ev.next_funding_ts)
+                self.funding[ev.market] = (ev.rate, ev.basis, ev.next_funding_ts)
+                self.open_interest[ev.market] = ev.open_interest
+                sampled.append(ev.market)
+            elif isinstance(ev, OpenInterestChanged) and ev.market in self.books:
+                self.open_interest[ev.market] = ev.open_interest
                 sampled.append(ev.market)
         out = [self._book_delta(seq, m, b, a) for m, (b, a) in deltas.items() if b or a]
         touched: dict[tuple[str, str], Candle] = {}
@@ -364,8 +369,12 @@ class MarketData:
             "index_ts": index[1] if index else None,
             "index_stale": index[2] if index else None,
             "funding_rate": rate_wire(funding[0]) if funding else None,
-            "next_funding_ts": funding[3] if funding else None,
-            "open_interest": spec.fmt_size(funding[2]) if funding else None,
+            "next_funding_ts": funding[2] if funding else None,
+            "open_interest": (
+                spec.fmt_size(self.open_interest.get(market, 0))
+                if spec.kind is MarketKind.PERP
+                else None
+            ),
             "open_24h": fp(day.open) if day else None,
             "high_24h": fp(day.high) if day else None,
             "low_24h": fp(day.low) if day else None,

@@ -168,6 +168,13 @@ class PositionChanged(NamedTuple):
     realized: int
 
 
+class OpenInterestChanged(NamedTuple):
+    """A perp's open interest (the sum of long positions) after a command's fills."""
+
+    market: str
+    open_interest: int
+
+
 class FundingSampled(NamedTuple):
     """A perp's premium sample (engine/funding.py): the rate the next settlement would
     pay so far, the mark basis, the open interest (sum of long sizes) and when the next
@@ -230,6 +237,7 @@ Event = (
     | IndexUpdated
     | IndexStale
     | PositionChanged
+    | OpenInterestChanged
     | FundingSampled
     | FundingSettled
     | FundingPayment

@@ -44,6 +44,7 @@ from engine.events import (
     IndexStale,
     IndexUpdated,
     MarketStateChanged,
+    OpenInterestChanged,
     OrderUpdate,
     OrderView,
     PositionChanged,
@@ -154,6 +155,7 @@ class Exchange:
         # (account, perp) whose position moved in this command while it has reduce-only
         # orders: those are fitted to the position once the command is done
         self._reduced: set[tuple[int, str]] = set()
+        self._oi_moved: set[str] = set()  # perps whose open interest this command moved
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -214,6 +216,10 @@ class Exchange:
             )
         if self.untriggered or self._reduced:
             self._after_command()
+        if self._oi_moved:
+            for perp in sorted(self._oi_moved):
+                events.append(OpenInterestChanged(perp, self.open_interest[perp]))
+            self._oi_moved.clear()
         for market in self.markets.values():
             book = market.book
             if book.dirty_bids or book.dirty_asks:
@@ -1172,7 +1178,10 @@ class Exchange:
             pos = acct.positions[spec.symbol] = Position(spec.symbol)
         before = pos.size
         pnl = pos.fill(qty, price, spec.base_unit)
-        self.open_interest[spec.symbol] += max(pos.size, 0) - max(before, 0)
+        moved = max(pos.size, 0) - max(before, 0)
+        if moved:
+            self.open_interest[spec.symbol] += moved
+            self._oi_moved.add(spec.symbol)
         if not before:
             self.holders[spec.symbol].add(acct.account_id)
         elif not pos.size:

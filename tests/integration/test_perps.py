@@ -34,6 +34,7 @@ async def test_open_mark_and_close_a_perp_position(
     taken = await bob.client.place_order(market=PERP, side="buy", type="limit", price="50000",
                                          size="0.2", time_in_force="ioc")  # fmt: skip
     assert (taken["order"]["status"], taken["order"]["reduce_only"]) == ("filled", False)
+    assert (await admin.ticker(PERP))["open_interest"] == "0.2"  # at once, not at a sample
     await admin.set_oracle_prices({"BTC": "55000"})
     bob_view = await bob.client.account()
     assert position(bob_view) == {
@@ -65,6 +66,7 @@ async def test_open_mark_and_close_a_perp_position(
     assert (closed["order"]["status"], closed["order"]["reduce_only"]) == ("filled", True)
     bob_view = await bob.client.account()
     assert [p for p in bob_view["positions"] if p["market"] == PERP] == []
+    assert (await admin.ticker(PERP))["open_interest"] == "0"
     assert usdc(bob_view) == Decimal("10991.6")  # +1,000 realized, 4 + 4.4 fees
     assert usdc(await alice.client.account()) == Decimal("8997.9")  # -1,000, 1 + 1.1 fees
     ledger = (await bob.client.ledger(asset="USDC"))["entries"]
