@@ -154,6 +154,15 @@ class SetOraclePrices(Command):
     prices: tuple[tuple[str, int], ...]
 
 
+@message
+class SetDeadManSwitch(Command):
+    """Cancel all of the account's orders unless this is sent again within `timeout_ms`
+    (0 disarms)."""
+
+    account_id: int
+    timeout_ms: int
+
+
 ALL_COMMANDS: tuple[type[Command], ...] = (
     CreateAccount,
     CreateApiKey,
@@ -169,5 +178,6 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     BatchCancel,
     SetMarketState,
     SetOraclePrices,
+    SetDeadManSwitch,
     Tick,
 )

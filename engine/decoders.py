@@ -189,6 +189,16 @@ def decode_SetOraclePrices(d: dict[str, Any]) -> c.SetOraclePrices:
     )
 
 
+def decode_SetDeadManSwitch(d: dict[str, Any]) -> c.SetDeadManSwitch:
+    return c.SetDeadManSwitch(
+        seq=d.get("seq", 0),
+        ts=d.get("ts", 0),
+        sig=d.get("sig"),
+        account_id=d["account_id"],
+        timeout_ms=d["timeout_ms"],
+    )
+
+
 def decode_Tick(d: dict[str, Any]) -> c.Tick:
     return c.Tick(
         seq=d.get("seq", 0),
@@ -212,5 +222,6 @@ DECODERS: dict[str, Callable[[dict[str, Any]], c.Command]] = {
     "BatchCancel": decode_BatchCancel,
     "SetMarketState": decode_SetMarketState,
     "SetOraclePrices": decode_SetOraclePrices,
+    "SetDeadManSwitch": decode_SetDeadManSwitch,
     "Tick": decode_Tick,
 }

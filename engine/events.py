@@ -216,6 +216,16 @@ class FundingPayment(NamedTuple):
     ts: int
 
 
+class DeadManSwitch(NamedTuple):
+    """An account's dead-man switch: armed until `deadline` (None: disarmed), or `fired`
+    at `ts` (its orders were cancelled)."""
+
+    account_id: int
+    deadline: int | None
+    fired: bool
+    ts: int
+
+
 class BatchItem(NamedTuple):
     """Marks where the events of batch item number `item` begin."""
 
@@ -241,6 +251,7 @@ Event = (
     | FundingSampled
     | FundingSettled
     | FundingPayment
+    | DeadManSwitch
     | BatchItem
 )
 

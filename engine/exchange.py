@@ -36,6 +36,7 @@ from engine.events import (
     ApiKeyRevoked,
     BatchItem,
     BookDelta,
+    DeadManSwitch,
     Event,
     FundingPayment,
     FundingSampled,
@@ -87,6 +88,7 @@ PPM = 1_000_000
 MAX_UNITS = 10**17  # largest price, size, notional or single movement, in atomic units
 MAX_BALANCE = 10**18  # largest balance a deposit may create
 MAX_TS = 2**62
+DEAD_MAN_MAX_MS = 86_400_000  # the longest dead-man timeout: a day
 SIGNATURE_WINDOW_MS = 60_000  # the longest receive window a request may claim
 RECENT_DONE_ORDERS = 10_000  # finished orders remembered for ORDER_NOT_LIVE answers
 _VALID_PERMISSIONS = frozenset(p.value for p in Permission) - {"admin", "oracle"}
@@ -156,6 +158,7 @@ class Exchange:
         # orders: those are fitted to the position once the command is done
         self._reduced: set[tuple[int, str]] = set()
         self._oi_moved: set[str] = set()  # perps whose open interest this command moved
+        self.dead_man: dict[int, int] = {}  # account -> when its orders are all cancelled
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -173,6 +176,7 @@ class Exchange:
             c.BatchCancel: self._batch_cancel,
             c.SetMarketState: self._set_market_state,
             c.SetOraclePrices: self._set_oracle_prices,
+            c.SetDeadManSwitch: self._set_dead_man,
             c.Tick: lambda cmd: None,
         }
 
@@ -190,6 +194,8 @@ class Exchange:
         if cmd.sig is not None:
             self._remember_signature(cmd.sig, cmd.ts)
         self._expire_due(cmd.ts)
+        if self.dead_man:
+            self._fire_dead_men(cmd.ts)
         its = self.interest_ts
         if its is None:
             self.interest_ts = cmd.ts
@@ -254,6 +260,8 @@ class Exchange:
                 break
             heapq.heappop(self.expiries)
         due = [d for d in (expiry, self.oracle.deadline) if d is not None]
+        if self.dead_man:
+            due.append(min(self.dead_man.values()))
         if self.interest_ts is not None and any(p.borrowed for p in self.pools.values()):
             due.append(self.interest_ts + self.config.interest_interval_ms)
         if self.next_sample_ts is not None and self.next_funding_ts is not None:
@@ -1617,6 +1625,31 @@ class Exchange:
         for i, leg in enumerate(legs):
             self._events.append(BatchItem(i))
             self._place(leg, cmd.account_id, funds_checked=True)
+
+    # ------------------------------------------------------------ dead man
+    def _set_dead_man(self, cmd: c.SetDeadManSwitch) -> None:
+        acct = self._account(cmd.account_id)
+        if not 0 <= cmd.timeout_ms <= DEAD_MAN_MAX_MS:
+            raise _Refused(
+                Reject.INVALID_TIMEOUT, f"timeout_ms is 0 (disarm) up to {DEAD_MAN_MAX_MS}"
+            )
+        deadline = self._ts + cmd.timeout_ms if cmd.timeout_ms else None
+        if deadline is None:
+            self.dead_man.pop(acct.account_id, None)
+        else:
+            self.dead_man[acct.account_id] = deadline
+        self._events.append(DeadManSwitch(acct.account_id, deadline, False, self._ts))
+
+    def _fire_dead_men(self, ts: int) -> None:
+        """Cancel every order (waiting stops too) of each account whose switch ran out."""
+        for aid in sorted(a for a, deadline in self.dead_man.items() if deadline <= ts):
+            del self.dead_man[aid]
+            acct = self.accounts[aid]
+            for oid in sorted(acct.live):
+                o = acct.live[oid]
+                if self.markets[o.market].state is not MarketState.HALTED:
+                    self._cancel_resting(o, CancelReason.DEAD_MAN, OrderStatus.CANCELLED)
+            self._events.append(DeadManSwitch(aid, None, True, ts))
 
     # ---------------------------------------------------------------- markets
     def _set_market_state(self, cmd: c.SetMarketState) -> None:

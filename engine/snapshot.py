@@ -134,6 +134,7 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             for m, f in sorted(ex.funding.items())
         ],
         "funding_ts": [ex.next_sample_ts, ex.next_funding_ts],
+        "dead_man": sorted([aid, deadline] for aid, deadline in ex.dead_man.items()),
         "positions": [
             [a.account_id, m, p.size, p.open_notional, p.realized]
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
@@ -189,6 +190,7 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     for market, premium_sum, samples, basis, last_rate in snap.get("funding", []):
         ex.funding[market] = MarketFunding(market, premium_sum, samples, basis, last_rate)
     ex.next_sample_ts, ex.next_funding_ts = snap.get("funding_ts", [None, None])
+    ex.dead_man = {aid: deadline for aid, deadline in snap.get("dead_man", [])}
     for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():

@@ -25,6 +25,7 @@ from app.api.deps import (
 )
 from app.api.orders import order_command
 from app.api.schemas import (
+    DeadManRequest,
     KeyRequest,
     SettingsRequest,
     WhatIfRequest,
@@ -37,7 +38,7 @@ from app.sequencer import ServiceUnavailable
 from app.store import queries
 from app.views import fill_row_wire, funding_payment_wire, health_wire, ledger_row_wire
 from engine import commands as c
-from engine.events import AccountSettingsChanged
+from engine.events import AccountSettingsChanged, DeadManSwitch
 from engine.fixedpoint import format_units
 from engine.portfolio import WhatIfOrder
 from engine.types import StpMode
@@ -156,6 +157,28 @@ async def what_if(
         reason, detail = out["error"]
         raise ApiError(reason.name, detail)
     return {**risk_wire(rt, out["after"]), "before": risk_wire(rt, out["before"])}
+
+
+@router.post(
+    "/account/dead-man-switch", responses=ERR, summary="Cancel all unless refreshed in time"
+)
+async def dead_man_switch(
+    body: DeadManRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+) -> dict[str, Any]:
+    """Arms (or refreshes) the switch: every order of the account is cancelled
+    `timeout_ms` after this call unless it comes again; 0 disarms. It lives in the
+    engine's state, so an armed switch survives a restart."""
+    rt = runtime(request)
+    events = await submit(
+        rt, c.SetDeadManSwitch(account_id=who.account_id, timeout_ms=body.timeout_ms)
+    )
+    raise_rejection(events)
+    switch = next(e for e in events if isinstance(e, DeadManSwitch))
+    return {
+        "armed": switch.deadline is not None,
+        "timeout_ms": body.timeout_ms,
+        "deadline": switch.deadline,
+    }
 
 
 @router.put("/account/settings", responses=ERR, summary="Default STP mode and auto-borrow")

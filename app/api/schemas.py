@@ -109,6 +109,10 @@ class WhatIfRequest(Body):
     prices: dict[AssetName, DecimalText] = Field(default_factory=dict, max_length=64)
 
 
+class DeadManRequest(Body):
+    timeout_ms: int  # 0 disarms; at most a day (INVALID_TIMEOUT)
+
+
 class MarketStateRequest(Body):
     state: Literal["open", "reduce_only", "cancel_only", "halted"]
 
