@@ -76,6 +76,7 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
         "max_batch",
         "market_slippage_ppm",
         "lending",
+        "max_cure_window_s",
         "oracle_stale_s",
         "risk",
         "interest_interval_s",
@@ -118,6 +119,12 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
                 problems.append(f"{key} must be a non-negative integer")
             else:
                 extra[key] = raw[key]
+    if "max_cure_window_s" in raw:
+        seconds = raw["max_cure_window_s"]
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0:
+            problems.append("max_cure_window_s must be a non-negative integer")
+        else:
+            extra["max_cure_window_ms"] = seconds * 1000
     for key in ("oracle_stale_s", "interest_interval_s"):
         if key in raw:
             seconds = raw[key]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from engine.book import Order
 from engine.positions import Position
+from engine.riskplan import DEFAULT_PLAN, RiskPlan
 from engine.types import StpMode
 
 EXTERNAL = 1  # the world outside: the other side of deposits and withdrawals
@@ -47,6 +48,7 @@ class Account:
         "perp_orders",
         "reduce_only",
         "open_fills",
+        "risk_plan",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
@@ -67,6 +69,7 @@ class Account:
         # order by order for the margin check: [quantity, perp notional, quote, orders];
         # None until the account's first margin check (accounts never checked pay nothing)
         self.open_fills: dict[str, tuple[list[int], list[int]]] | None = None
+        self.risk_plan: RiskPlan = DEFAULT_PLAN  # how its risk is unwound (DESIGN section 9)
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)

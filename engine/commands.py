@@ -163,6 +163,18 @@ class SetDeadManSwitch(Command):
     timeout_ms: int
 
 
+@message
+class SetRiskPlan(Command):
+    """The account's risk plan (engine/riskplan.py); it replaces the previous one."""
+
+    account_id: int
+    cure_window_ms: int = 0
+    max_slice_ppm: int = 1_000_000
+    order: tuple[str, ...] = ()
+    hedge_groups: tuple[tuple[str, ...], ...] = ()
+    keep_last: tuple[str, ...] = ()
+
+
 ALL_COMMANDS: tuple[type[Command], ...] = (
     CreateAccount,
     CreateApiKey,
@@ -179,5 +191,6 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetMarketState,
     SetOraclePrices,
     SetDeadManSwitch,
+    SetRiskPlan,
     Tick,
 )

@@ -199,6 +199,20 @@ def decode_SetDeadManSwitch(d: dict[str, Any]) -> c.SetDeadManSwitch:
     )
 
 
+def decode_SetRiskPlan(d: dict[str, Any]) -> c.SetRiskPlan:
+    return c.SetRiskPlan(
+        seq=d.get("seq", 0),
+        ts=d.get("ts", 0),
+        sig=d.get("sig"),
+        account_id=d["account_id"],
+        cure_window_ms=d.get("cure_window_ms", 0),
+        max_slice_ppm=d.get("max_slice_ppm", 1000000),
+        order=tuple(d["order"]) if "order" in d else (),
+        hedge_groups=tuple([tuple(x) for x in d["hedge_groups"]]) if "hedge_groups" in d else (),
+        keep_last=tuple(d["keep_last"]) if "keep_last" in d else (),
+    )
+
+
 def decode_Tick(d: dict[str, Any]) -> c.Tick:
     return c.Tick(
         seq=d.get("seq", 0),
@@ -223,5 +237,6 @@ DECODERS: dict[str, Callable[[dict[str, Any]], c.Command]] = {
     "SetMarketState": decode_SetMarketState,
     "SetOraclePrices": decode_SetOraclePrices,
     "SetDeadManSwitch": decode_SetDeadManSwitch,
+    "SetRiskPlan": decode_SetRiskPlan,
     "Tick": decode_Tick,
 }

@@ -226,6 +226,17 @@ class DeadManSwitch(NamedTuple):
     ts: int
 
 
+class RiskPlanSet(NamedTuple):
+    """An account's new risk plan (fields as in engine/riskplan.py)."""
+
+    account_id: int
+    cure_window_ms: int
+    max_slice_ppm: int
+    order: tuple[str, ...]
+    hedge_groups: tuple[tuple[str, ...], ...]
+    keep_last: tuple[str, ...]
+
+
 class BatchItem(NamedTuple):
     """Marks where the events of batch item number `item` begin."""
 
@@ -252,6 +263,7 @@ Event = (
     | FundingSettled
     | FundingPayment
     | DeadManSwitch
+    | RiskPlanSet
     | BatchItem
 )
 

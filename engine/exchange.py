@@ -50,6 +50,7 @@ from engine.events import (
     OrderView,
     PositionChanged,
     Rejected,
+    RiskPlanSet,
     TradeEvent,
     Transfer,
 )
@@ -68,6 +69,7 @@ from engine.oracle import Oracle
 from engine.portfolio import RiskView, WhatIfOrder, risk_view, what_if_change
 from engine.positions import Position, mark_price
 from engine.risk import Level, PerpExposure, combine, health, quote_num, token_num
+from engine.riskplan import RiskPlan, plan_problems
 from engine.triggers import LIMIT_TYPES, STOP_TYPES, TriggerBook, triggers_on_rise
 from engine.types import (
     CancelReason,
@@ -177,6 +179,7 @@ class Exchange:
             c.SetMarketState: self._set_market_state,
             c.SetOraclePrices: self._set_oracle_prices,
             c.SetDeadManSwitch: self._set_dead_man,
+            c.SetRiskPlan: self._set_risk_plan,
             c.Tick: lambda cmd: None,
         }
 
@@ -1650,6 +1653,30 @@ class Exchange:
                 if self.markets[o.market].state is not MarketState.HALTED:
                     self._cancel_resting(o, CancelReason.DEAD_MAN, OrderStatus.CANCELLED)
             self._events.append(DeadManSwitch(aid, None, True, ts))
+
+    def _set_risk_plan(self, cmd: c.SetRiskPlan) -> None:
+        acct = self._account(cmd.account_id)
+        plan = RiskPlan(
+            cmd.cure_window_ms, cmd.max_slice_ppm, cmd.order, cmd.hedge_groups, cmd.keep_last
+        )
+        cfg = self.config
+        problems = plan_problems(
+            plan, set(self.markets), set(cfg.assets), self._quote, cfg.max_cure_window_ms
+        )
+        if problems:
+            code, detail = problems[0]
+            raise _Refused(Reject[code], "; ".join(d for _, d in problems) if detail else code)
+        acct.risk_plan = plan
+        self._events.append(
+            RiskPlanSet(
+                acct.account_id,
+                plan.cure_window_ms,
+                plan.max_slice_ppm,
+                plan.order,
+                plan.hedge_groups,
+                plan.keep_last,
+            )
+        )
 
     # ---------------------------------------------------------------- markets
     def _set_market_state(self, cmd: c.SetMarketState) -> None:

@@ -80,6 +80,8 @@ class ExchangeConfig:
     # False skips the initial-health check of orders and withdrawals: only for measuring
     # what the check costs (loadtests/bench_risk.py); never set by the markets file.
     margin_checks: bool = True
+    # The longest cure window a trader's risk plan may ask for (engine/riskplan.py).
+    max_cure_window_ms: int = 300_000
 
     @property
     def quote_asset(self) -> str:
@@ -134,6 +136,8 @@ class ExchangeConfig:
         if self.interest_interval_ms <= 0:
             problems.append("interest_interval_ms must be positive")
         problems += self.funding.problems()
+        if self.max_cure_window_ms < 0:
+            problems.append("max_cure_window_ms must not be negative")
         if 0 not in self.fee_tiers:
             problems.append("fee tier 0 (the default) is missing")
         return problems

@@ -17,6 +17,7 @@ from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
 from engine.funding import MarketFunding
 from engine.positions import Position
+from engine.riskplan import DEFAULT_PLAN, RiskPlan
 from engine.triggers import triggers_on_rise
 from engine.types import (
     LedgerReason,
@@ -135,6 +136,12 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         ],
         "funding_ts": [ex.next_sample_ts, ex.next_funding_ts],
         "dead_man": sorted([aid, deadline] for aid, deadline in ex.dead_man.items()),
+        "risk_plans": [
+            [a.account_id, p.cure_window_ms, p.max_slice_ppm, list(p.order),
+             [list(g) for g in p.hedge_groups], list(p.keep_last)]
+            for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
+            if (p := a.risk_plan) != DEFAULT_PLAN
+        ],  # fmt: skip
         "positions": [
             [a.account_id, m, p.size, p.open_notional, p.realized]
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
@@ -191,6 +198,10 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         ex.funding[market] = MarketFunding(market, premium_sum, samples, basis, last_rate)
     ex.next_sample_ts, ex.next_funding_ts = snap.get("funding_ts", [None, None])
     ex.dead_man = {aid: deadline for aid, deadline in snap.get("dead_man", [])}
+    for aid, cure, slice_ppm, order, groups, keep in snap.get("risk_plans", []):
+        ex.accounts[aid].risk_plan = RiskPlan(
+            cure, slice_ppm, tuple(order), tuple(tuple(g) for g in groups), tuple(keep)
+        )
     for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():

@@ -27,6 +27,7 @@ from app.api.orders import order_command
 from app.api.schemas import (
     DeadManRequest,
     KeyRequest,
+    RiskPlanRequest,
     SettingsRequest,
     WhatIfRequest,
     WithdrawalRequest,
@@ -38,9 +39,10 @@ from app.sequencer import ServiceUnavailable
 from app.store import queries
 from app.views import fill_row_wire, funding_payment_wire, health_wire, ledger_row_wire
 from engine import commands as c
-from engine.events import AccountSettingsChanged, DeadManSwitch
+from engine.events import AccountSettingsChanged, DeadManSwitch, RiskPlanSet
 from engine.fixedpoint import format_units
 from engine.portfolio import WhatIfOrder
+from engine.riskplan import RiskPlan
 from engine.types import StpMode
 
 router = APIRouter(prefix="/v1", tags=["account"])
@@ -157,6 +159,57 @@ async def what_if(
         reason, detail = out["error"]
         raise ApiError(reason.name, detail)
     return {**risk_wire(rt, out["after"]), "before": risk_wire(rt, out["before"])}
+
+
+def plan_wire(plan: RiskPlan) -> dict[str, Any]:
+    return {
+        "cure_window_s": plan.cure_window_ms // 1000,
+        "max_slice_pct": plan.max_slice_ppm // 10_000,
+        "order": list(plan.order),
+        "hedge_groups": [list(g) for g in plan.hedge_groups],
+        "keep_last": list(plan.keep_last),
+    }
+
+
+@router.get("/account/risk-plan", responses=ERR, summary="How your risk is unwound")
+async def get_risk_plan(
+    request: Request, who: Principal = Depends(signed("read"))
+) -> dict[str, Any]:
+    rt = runtime(request)
+    if rt.sequencer is None:
+        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    aid = who.account_id
+    try:
+        plan = await rt.sequencer.query(lambda ex: ex.accounts[aid].risk_plan)
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+    return {"plan": plan_wire(plan), "max_cure_window_s": rt.config.max_cure_window_ms // 1000}
+
+
+@router.put("/account/risk-plan", responses=ERR, summary="Set how your risk is unwound")
+async def put_risk_plan(
+    body: RiskPlanRequest, request: Request, who: Principal = Depends(signed("trade", "order"))
+) -> dict[str, Any]:
+    """Replaces the plan (DESIGN section 9, docs/api.md); refused with the first problem's
+    code and every problem in the message."""
+    rt = runtime(request)
+    if not 0 <= body.cure_window_s <= 10**9 or not 0 <= body.max_slice_pct <= 100:
+        raise ApiError("INVALID_RISK_PLAN", "cure_window_s >= 0, max_slice_pct in (0, 100]")
+    events = await submit(
+        rt,
+        c.SetRiskPlan(
+            account_id=who.account_id,
+            cure_window_ms=body.cure_window_s * 1000,
+            max_slice_ppm=body.max_slice_pct * 10_000,
+            order=tuple(body.order),
+            hedge_groups=tuple(tuple(g) for g in body.hedge_groups),
+            keep_last=tuple(body.keep_last),
+        ),
+    )
+    raise_rejection(events)
+    e = next(e for e in events if isinstance(e, RiskPlanSet))
+    plan = RiskPlan(e.cure_window_ms, e.max_slice_ppm, e.order, e.hedge_groups, e.keep_last)
+    return {"plan": plan_wire(plan), "max_cure_window_s": rt.config.max_cure_window_ms // 1000}
 
 
 @router.post(

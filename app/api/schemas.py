@@ -109,6 +109,22 @@ class WhatIfRequest(Body):
     prices: dict[AssetName, DecimalText] = Field(default_factory=dict, max_length=64)
 
 
+class RiskPlanRequest(Body):
+    """DESIGN section 9; every field left out takes its default (the plan is replaced)."""
+
+    cure_window_s: int = 0
+    max_slice_pct: int = 100
+    order: list[Annotated[str, StringConstraints(max_length=32)]] = Field(
+        default_factory=list, max_length=32
+    )
+    hedge_groups: list[list[Annotated[str, StringConstraints(max_length=32)]]] = Field(
+        default_factory=list, max_length=16
+    )
+    keep_last: list[Annotated[str, StringConstraints(max_length=16)]] = Field(
+        default_factory=list, max_length=16
+    )
+
+
 class DeadManRequest(Body):
     timeout_ms: int  # 0 disarms; at most a day (INVALID_TIMEOUT)
 
