@@ -1859,14 +1859,12 @@ class Exchange:
             if spec.kind is MarketKind.PERP:
                 perps_of.setdefault(spec.base, []).append(market)
         perp_marks = {m: self._perp_mark(m, marks) for ms in perps_of.values() for m in ms}
-        pieces: dict[str, tuple[int, int, int]] = {}
-        for asset in sorted({a for a in balances if a != quote} | set(perps_of)):
+        tokens = upnl = realized = 0  # the assets without orders, once
+        for asset in sorted(({a for a in balances if a != quote} | set(perps_of)) - set(groups)):
             piece = self._piece(asset, balances, positions, perps_of, perp_marks, marks, rates)
             if piece is None:
                 return None
-            pieces[asset] = piece
-        if not groups:
-            return self._sum_pieces(balances, pieces, rates, level)
+            tokens, upnl, realized = tokens + piece[0], upnl + piece[1], realized + piece[2]
         # Per asset with orders, every combination of its markets' fills: the asset's piece
         # and how much quote it moves. The worst case is then tried over every choice of
         # one combination per asset (a quote loan weighs more than a quote balance, so
@@ -1886,13 +1884,9 @@ class Exchange:
                     return None
                 found.append((piece, moved))
             options.append(found)
-            pieces.pop(base, None)
-        tokens = upnl = realized = 0
-        for token, u, r in pieces.values():  # the assets without orders
-            tokens, upnl, realized = tokens + token, upnl + u, realized + r
         cash, rate = balances.get(quote, 0), rates.get(quote, 0)
         worst: int | None = None
-        for pick in product(*options):
+        for pick in product(*options):  # (one empty pick when there are no orders)
             t, u, r, q = tokens, upnl, realized, cash
             for (token, pu, pr), moved in pick:
                 t, u, r, q = t + token, u + pu, r + pr, q + moved
@@ -1941,22 +1935,6 @@ class Exchange:
             rates.get(asset, 0), Level.INITIAL,
         )  # fmt: skip
         return value * (self._risk_top // 10 ** self._decimals[asset]), upnl, realized
-
-    def _sum_pieces(
-        self,
-        balances: dict[str, int],
-        pieces: dict[str, tuple[int, int, int]],
-        rates: dict[str, int],
-        level: Level,
-    ) -> int:
-        tokens = upnl = realized = 0
-        for token, u, r in pieces.values():
-            tokens += token
-            upnl += u
-            realized += r
-        quote = self._quote
-        q = quote_num(balances.get(quote, 0) + realized, rates.get(quote, 0), level, upnl)
-        return combine(q, tokens, self._risk_top)
 
     def _count_fills(
         self,

@@ -18,6 +18,7 @@ from app.api.deps import (
     market_spec,
     page,
     parse_cursor,
+    query,
     runtime,
     signed,
     submit,
@@ -35,7 +36,6 @@ from app.api.schemas import (
 )
 from app.errors import ApiError
 from app.runtime import Runtime
-from app.sequencer import ServiceUnavailable
 from app.store import queries
 from app.views import fill_row_wire, funding_payment_wire, health_wire, ledger_row_wire
 from engine import commands as c
@@ -89,13 +89,8 @@ def risk_wire(rt: Runtime, view: dict[str, Any]) -> dict[str, Any]:
 @router.get("/account", responses=ERR, summary="Balances, holds, settings and margin state")
 async def account(request: Request, who: Principal = Depends(signed("read"))) -> dict[str, Any]:
     rt = runtime(request)
-    if rt.sequencer is None:
-        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
     aid = who.account_id
-    try:
-        state = await rt.sequencer.query(lambda ex: ex.account_state(aid))
-    except ServiceUnavailable as exc:
-        raise ApiError(exc.code, exc.message) from exc
+    state = await query(rt, lambda ex: ex.account_state(aid))
     if state is None:
         raise ApiError("UNKNOWN_ACCOUNT", "no such account")
     balances = []
@@ -138,8 +133,6 @@ async def what_if(
     """Nothing is placed: the account's risk now (`before`) and with every order counted
     as completely filled at the given index prices (top level, like `before`)."""
     rt = runtime(request)
-    if rt.sequencer is None:
-        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
     orders = []
     for item in body.orders:
         cmd = order_command(rt, who.account_id, item)
@@ -151,23 +144,24 @@ async def what_if(
         for asset, text in body.prices.items()
     }
     aid = who.account_id
-    try:
-        out = await rt.sequencer.query(lambda ex: ex.what_if(aid, orders, prices))
-    except ServiceUnavailable as exc:
-        raise ApiError(exc.code, exc.message) from exc
+    out = await query(rt, lambda ex: ex.what_if(aid, orders, prices))
     if "error" in out:
         reason, detail = out["error"]
         raise ApiError(reason.name, detail)
     return {**risk_wire(rt, out["after"]), "before": risk_wire(rt, out["before"])}
 
 
-def plan_wire(plan: RiskPlan) -> dict[str, Any]:
+def plan_wire(rt: Runtime, plan: RiskPlan) -> dict[str, Any]:
+    """The GET and PUT risk-plan answer: the plan and the operator's cure-window limit."""
     return {
-        "cure_window_s": plan.cure_window_ms // 1000,
-        "max_slice_pct": plan.max_slice_ppm // 10_000,
-        "order": list(plan.order),
-        "hedge_groups": [list(g) for g in plan.hedge_groups],
-        "keep_last": list(plan.keep_last),
+        "plan": {
+            "cure_window_s": plan.cure_window_ms // 1000,
+            "max_slice_pct": plan.max_slice_ppm // 10_000,
+            "order": list(plan.order),
+            "hedge_groups": [list(g) for g in plan.hedge_groups],
+            "keep_last": list(plan.keep_last),
+        },
+        "max_cure_window_s": rt.config.max_cure_window_ms // 1000,
     }
 
 
@@ -176,14 +170,8 @@ async def get_risk_plan(
     request: Request, who: Principal = Depends(signed("read"))
 ) -> dict[str, Any]:
     rt = runtime(request)
-    if rt.sequencer is None:
-        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
     aid = who.account_id
-    try:
-        plan = await rt.sequencer.query(lambda ex: ex.accounts[aid].risk_plan)
-    except ServiceUnavailable as exc:
-        raise ApiError(exc.code, exc.message) from exc
-    return {"plan": plan_wire(plan), "max_cure_window_s": rt.config.max_cure_window_ms // 1000}
+    return plan_wire(rt, await query(rt, lambda ex: ex.accounts[aid].risk_plan))
 
 
 @router.put("/account/risk-plan", responses=ERR, summary="Set how your risk is unwound")
@@ -208,8 +196,9 @@ async def put_risk_plan(
     )
     raise_rejection(events)
     e = next(e for e in events if isinstance(e, RiskPlanSet))
-    plan = RiskPlan(e.cure_window_ms, e.max_slice_ppm, e.order, e.hedge_groups, e.keep_last)
-    return {"plan": plan_wire(plan), "max_cure_window_s": rt.config.max_cure_window_ms // 1000}
+    return plan_wire(
+        rt, RiskPlan(e.cure_window_ms, e.max_slice_ppm, e.order, e.hedge_groups, e.keep_last)
+    )
 
 
 @router.post(

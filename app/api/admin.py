@@ -11,7 +11,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.api.deps import Principal, market_spec, parse_id, runtime, signed, submit, to_units
+from app.api.deps import (
+    Principal,
+    market_spec,
+    parse_id,
+    query,
+    runtime,
+    signed,
+    submit,
+    to_units,
+)
 from app.api.orders import rejection
 from app.api.schemas import (
     AccountRequest,
@@ -22,7 +31,6 @@ from app.api.schemas import (
 )
 from app.errors import ApiError
 from app.runtime import Runtime
-from app.sequencer import ServiceUnavailable
 from app.store import queries
 from app.views import transfer_wire
 from engine import commands as c
@@ -136,16 +144,11 @@ async def audit(request: Request, _: Principal = Depends(signed("admin"))) -> di
     conservation (users + system + external == 0), the stored snapshots and how the
     last recovery went."""
     rt = runtime(request)
-    if rt.sequencer is None:
-        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
 
     def read(ex: Exchange) -> tuple[int, str, list[str], dict[str, tuple[int, int, int]]]:
         return ex.last_seq, ex.state_hash(), ex.check_invariants(), ex.asset_totals()
 
-    try:
-        seq, state_hash, problems, totals = await rt.sequencer.query(read)
-    except ServiceUnavailable as exc:
-        raise ApiError(exc.code, exc.message) from exc
+    seq, state_hash, problems, totals = await query(rt, read)
     wire_totals = {}
     for asset, (users, system, external) in totals.items():
         dec = rt.config.assets[asset].decimals

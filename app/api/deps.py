@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from starlette.requests import HTTPConnection
@@ -24,8 +24,11 @@ from app.runtime import Runtime
 from app.sequencer import ServiceUnavailable
 from engine.commands import Command
 from engine.events import Event
+from engine.exchange import Exchange
 from engine.fixedpoint import FixedPointError, parse_units
 from engine.markets import MarketSpec
+
+T = TypeVar("T")
 
 
 def runtime(request: Request) -> Runtime:
@@ -145,6 +148,16 @@ async def submit(rt: Runtime, command: Command) -> list[Event]:
         command = replace(command, sig=sig)
     try:
         return await rt.sequencer.submit(command)
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+
+
+async def query(rt: Runtime, fn: Callable[[Exchange], T]) -> T:
+    """Run a read-only `fn` on the committed engine state, between batches."""
+    if rt.sequencer is None:
+        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
+    try:
+        return await rt.sequencer.query(fn)
     except ServiceUnavailable as exc:
         raise ApiError(exc.code, exc.message) from exc
 

@@ -12,11 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import ORJSONResponse, PlainTextResponse
 
-from app.api.deps import market_spec, page, parse_cursor, public_limit, runtime
+from app.api.deps import market_spec, page, parse_cursor, public_limit, query, runtime
 from app.api.schemas import error_responses
 from app.errors import ApiError
 from app.metrics import render_metrics
-from app.sequencer import ServiceUnavailable
 from app.store import queries
 from app.views import funding_row_wire, lending_wire, market_wire
 from engine.types import MarketKind
@@ -69,12 +68,7 @@ async def assets(request: Request) -> dict[str, Any]:
 @router.get("/lending", responses=error_responses(503), summary="Lending pools and rates")
 async def lending(request: Request) -> dict[str, Any]:
     rt = runtime(request)
-    if rt.sequencer is None:
-        raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
-    try:
-        state = await rt.sequencer.query(lambda ex: ex.lending_state())
-    except ServiceUnavailable as exc:
-        raise ApiError(exc.code, exc.message) from exc
+    state = await query(rt, lambda ex: ex.lending_state())
     return {"pools": [lending_wire(asset, rt.config.assets[asset].decimals, pool)
                       for asset, pool in state.items()]}  # fmt: skip
 
