@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from engine.book import Order
 from engine.positions import Position
 from engine.riskplan import DEFAULT_PLAN, RiskPlan
-from engine.types import StpMode
+from engine.types import MarginState, StpMode
 
 EXTERNAL = 1  # the world outside: the other side of deposits and withdrawals
 FEES = 2
@@ -49,6 +49,7 @@ class Account:
         "reduce_only",
         "open_fills",
         "risk_plan",
+        "margin",
     )
 
     def __init__(self, account_id: int, name: str, tier: int, ts: int) -> None:
@@ -70,6 +71,7 @@ class Account:
         # None until the account's first margin check (accounts never checked pay nothing)
         self.open_fills: dict[str, tuple[list[int], list[int]]] | None = None
         self.risk_plan: RiskPlan = DEFAULT_PLAN  # how its risk is unwound (DESIGN section 9)
+        self.margin: MarginCase | None = None  # None: normal (engine/liquidation.py)
 
     def balance(self, asset: str) -> int:
         return self.balances.get(asset, 0)
@@ -79,6 +81,23 @@ class Account:
 
     def available(self, asset: str) -> int:
         return self.balances.get(asset, 0) - self.holds.get(asset, 0)
+
+
+class MarginCase:
+    """An account in a margin call or being liquidated (engine/liquidation.py)."""
+
+    __slots__ = ("state", "since", "deadline", "need", "steps")
+
+    def __init__(self, state: MarginState, since: int, deadline: int, need: int, steps: int):
+        self.state = state
+        self.since = since
+        # margin call: when liquidation starts; liquidating: when the next step is due
+        self.deadline = deadline
+        self.need = need  # the liquidation-end shortfall when slices began (their unit)
+        self.steps = steps  # liquidation steps taken
+
+    def as_list(self) -> list[object]:
+        return [self.state.value, self.since, self.deadline, self.need, self.steps]
 
 
 @dataclass(frozen=True, slots=True)

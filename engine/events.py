@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from engine.types import (
     LedgerReason,
+    MarginState,
     MarketState,
     OrderStatus,
     OrderType,
@@ -237,6 +238,54 @@ class RiskPlanSet(NamedTuple):
     keep_last: tuple[str, ...]
 
 
+class MarginStateChanged(NamedTuple):
+    """An account entered or left a margin call or liquidation. `deadline`: when a margin
+    call turns into liquidation (None otherwise); health at that moment, per level."""
+
+    account_id: int
+    state: MarginState
+    previous: MarginState
+    deadline: int | None
+    maintenance: int
+    liquidation_end: int
+    equity: int
+    reason: str
+    ts: int
+
+
+class LiquidationSlice(NamedTuple):
+    """One market of one liquidation step: an IOC of `size` at `limit_price` took
+    `book_size` for `book_notional` from the book; the insurance fund took over
+    `backstop_size` at the limit; `fee` went to the fund. Health after the step."""
+
+    account_id: int
+    step: int
+    market: str
+    side: Side
+    size: int
+    limit_price: int
+    book_size: int
+    book_notional: int
+    backstop_size: int
+    backstop_notional: int
+    fee: int
+    liquidation_end_after: int
+    ts: int
+
+
+class BadDebt(NamedTuple):
+    """What a fully unwound account still owed in `asset`: `insurance` paid by the fund,
+    `socialized` written off pro rata against `suppliers` lenders of that asset."""
+
+    account_id: int
+    asset: str
+    amount: int
+    insurance: int
+    socialized: int
+    suppliers: int
+    ts: int
+
+
 class BatchItem(NamedTuple):
     """Marks where the events of batch item number `item` begin."""
 
@@ -264,6 +313,9 @@ Event = (
     | FundingPayment
     | DeadManSwitch
     | RiskPlanSet
+    | MarginStateChanged
+    | LiquidationSlice
+    | BadDebt
     | BatchItem
 )
 

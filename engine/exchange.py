@@ -22,6 +22,7 @@ from engine.accounts import (
     FEES,
     FIRST_USER_ACCOUNT,
     FUNDING,
+    INSURANCE,
     PNL_CLEARING,
     SYSTEM_ACCOUNTS,
     TREASURY,
@@ -64,6 +65,8 @@ from engine.lending import (
     supply_rate_ppm,
     utilization_ppm,
 )
+from engine.liquidation import settle_margins
+from engine.margin_index import BreachIndex
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
 from engine.portfolio import RiskView, WhatIfOrder, risk_view, what_if_change
@@ -74,6 +77,7 @@ from engine.triggers import LIMIT_TYPES, STOP_TYPES, TriggerBook, triggers_on_ri
 from engine.types import (
     CancelReason,
     LedgerReason,
+    MarginState,
     MarketKind,
     MarketState,
     OrderStatus,
@@ -161,6 +165,19 @@ class Exchange:
         self._reduced: set[tuple[int, str]] = set()
         self._oi_moved: set[str] = set()  # perps whose open interest this command moved
         self.dead_man: dict[int, int] = {}  # account -> when its orders are all cancelled
+        # margin calls and liquidation (engine/liquidation.py)
+        self.breach = BreachIndex()  # accounts by the index prices at which they may breach
+        self.margin_cases: set[int] = set()  # accounts in a margin call or liquidation
+        self.margin_unknown: set[int] = set()  # at risk, but an index they need is stale
+        self._touched: set[int] = set()  # accounts that paid or moved a position (a command)
+        self._prices_moved: set[str] = set()  # assets with a new index (a command)
+        # each pool's highest borrow rate: the breach index values loans at it
+        self.max_rates = {a: borrow_rate_ppm(p, 1, 1) for a, p in config.lending.items()}
+        self.spot_market_of: dict[str, str] = {}  # asset -> the spot market liquidation sells it in
+        for sym in sorted(config.markets, reverse=True):
+            spec = config.markets[sym]
+            if spec.kind is MarketKind.SPOT and spec.quote == config.quote_asset:
+                self.spot_market_of[spec.base] = sym
         self._events: list[Event] = []
         self._ts = 0
         self._handlers: dict[type[c.Command], Callable[[Any], None]] = {
@@ -225,6 +242,8 @@ class Exchange:
             )
         if self.untriggered or self._reduced:
             self._after_command()
+        if self._touched or self._prices_moved or self.margin_cases:
+            settle_margins(self)
         if self._oi_moved:
             for perp in sorted(self._oi_moved):
                 events.append(OpenInterestChanged(perp, self.open_interest[perp]))
@@ -265,6 +284,10 @@ class Exchange:
         due = [d for d in (expiry, self.oracle.deadline) if d is not None]
         if self.dead_man:
             due.append(min(self.dead_man.values()))
+        for aid in self.margin_cases:
+            case = self.accounts[aid].margin
+            if case is not None and aid not in self.margin_unknown:
+                due.append(case.deadline)
         if self.interest_ts is not None and any(p.borrowed for p in self.pools.values()):
             due.append(self.interest_ts + self.config.interest_interval_ms)
         if self.next_sample_ts is not None and self.next_funding_ts is not None:
@@ -373,12 +396,15 @@ class Exchange:
         fb = a.balances[asset] = a.balances.get(asset, 0) - amount
         tb = b.balances[asset] = b.balances.get(asset, 0) + amount
         if frm >= FIRST_USER_ACCOUNT:
+            self._touched.add(frm)  # it paid: its health may have fallen
             pool = self.pools[asset]
             pool.move(fb + amount, fb)
             if a.auto_borrow and a.holds.get(asset, 0):
                 h = a.holds[asset]
                 pool.pending += max(h - max(fb, 0), 0) - max(h - max(fb + amount, 0), 0)
         if to >= FIRST_USER_ACCOUNT:
+            if b.margin is not None:  # it got money while called: it may be cured
+                self._touched.add(to)
             pool = self.pools[asset]
             pool.move(tb - amount, tb)
             if b.auto_borrow and b.holds.get(asset, 0):
@@ -419,7 +445,8 @@ class Exchange:
                 Reject.DUPLICATE_DEPOSIT_ID if deposit else Reject.DUPLICATE_WITHDRAWAL_ID,
                 f"id {ident!r} was used with different values",
             )
-        acct = self._account(aid)
+        # the operator may fund the insurance fund; otherwise user accounts only
+        acct = self.accounts[aid] if deposit and aid == INSURANCE else self._account(aid)
         if asset not in self.config.assets:
             raise _Refused(Reject.UNKNOWN_ASSET, f"unknown asset {asset}")
         if amount <= 0 or amount > MAX_UNITS:
@@ -503,14 +530,23 @@ class Exchange:
         when: str,
         rates: dict[str, int] | None = None,
         extra: Order | None = None,
+        before: int | None = None,
     ) -> None:
         """Refuse (INSUFFICIENT_MARGIN) unless initial health after `change` (and with
-        order `extra`) stays >= 0."""
+        order `extra`) stays >= 0 or is not lower than it was (`before`, if the caller has
+        already changed what the account's orders count)."""
         if not self.config.margin_checks:
             return
         after = self._initial_health(
             acct, change, self.borrow_rates() if rates is None else rates, extra
         )
+        if after is not None and after < 0:
+            # below initial already (a margin call, say): what does not lower it may pass,
+            # so an account can always reduce, hedge or add collateral
+            if before is None:
+                before = self._initial_health(acct, {}, self.borrow_rates())
+            if before is not None and after >= before:
+                return
         if after is None or after < 0:
             raise _Refused(
                 Reject.INSUFFICIENT_MARGIN,
@@ -1189,6 +1225,8 @@ class Exchange:
             pos = acct.positions[spec.symbol] = Position(spec.symbol)
         before = pos.size
         pnl = pos.fill(qty, price, spec.base_unit)
+        if acct.account_id >= FIRST_USER_ACCOUNT:
+            self._touched.add(acct.account_id)
         moved = max(pos.size, 0) - max(before, 0)
         if moved:
             self.open_interest[spec.symbol] += moved
@@ -1393,11 +1431,12 @@ class Exchange:
         rates: dict[str, int] | None,
     ) -> None:
         """Initial health with `o` counted as amended (price, size and what it would hold)."""
+        health = self._initial_health(acct, {}, self.borrow_rates())
         before = o.price, o.size, o.hold
         o.price, o.size, o.hold = price, size, hold
         self._track(o, spec, acct)
         try:
-            self._check_margin(acct, {}, "with the amended order filled", rates)
+            self._check_margin(acct, {}, "with the amended order filled", rates, None, health)
         finally:
             o.price, o.size, o.hold = before
             self._track(o, spec, acct)
@@ -1706,6 +1745,7 @@ class Exchange:
             seen.add(asset)
         for asset, price in sorted(cmd.prices):
             self.oracle.set(asset, price, self._ts)
+            self._prices_moved.add(asset)
             self._events.append(IndexUpdated(asset, price, self._ts))
 
     # ------------------------------------------------------------- read side
@@ -1740,6 +1780,9 @@ class Exchange:
             "maker_fee_ppm": tier.maker_ppm,
             "taker_fee_ppm": tier.taker_ppm,
             "open_orders": len(acct.live),
+            "margin_state": (acct.margin.state if acct.margin else MarginState.NORMAL).value,
+            "margin_deadline": acct.margin.deadline if acct.margin else None,
+            "margin_since": acct.margin.since if acct.margin else None,
             **self._risk_fields(risk_view(self, acct)),
             "rates": self._balance_rates(acct),
             "positions": self._positions_view(acct),
@@ -1991,6 +2034,7 @@ class Exchange:
         marks: dict[str, int],
         perp_marks: dict[str, int] | None = None,
         parts: dict[str, int] | None = None,
+        slopes: dict[str, int] | None = None,
     ) -> int | None:
         """engine/risk.py on balances and positions, at the index prices `marks` and each
         perp's mark (or the one `perp_marks` gives it); `parts` receives the contribution
@@ -2016,8 +2060,9 @@ class Exchange:
             balances[self._quote] = balances.get(self._quote, 0) + realized
         cfg = self.config
         return health(
-            balances, perps, marks, self._decimals, cfg.risk, rates, self._quote, level, parts
-        )
+            balances, perps, marks, self._decimals, cfg.risk, rates, self._quote, level, parts,
+            slopes,
+        )  # fmt: skip
 
     def _index_marks(self, fresh: bool) -> dict[str, int]:
         if fresh:

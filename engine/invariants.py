@@ -11,7 +11,11 @@
 * no book is crossed; level totals and counts match their orders;
 * every resting order is live, belongs to a live account and is indexed; an order
   waiting for its trigger is in no book but in its market's trigger book;
-* a resting reduce-only order is never larger than the position it reduces.
+* a resting reduce-only order is never larger than the position it reduces;
+* the accounts in a margin call or liquidation are exactly those with a margin case,
+  and only normal accounts have breach triggers; no normal account with fresh prices
+  has maintenance health below 0 (beyond one atomic unit per perp position and one
+  for rounding: the perp marks cancel out of health only up to rounding).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from engine.accounts import FIRST_USER_ACCOUNT, FUNDING
+from engine.liquidation import at_risk
+from engine.risk import Level
 from engine.types import OrderStatus, Side
 
 if TYPE_CHECKING:
@@ -166,4 +172,24 @@ def check(ex: Exchange) -> list[str]:
         problems.append(
             f"{len(ex.orders)} live orders but {resting} resting, {len(waiting)} waiting"
         )
+    problems += _margin_problems(ex)
+    return problems
+
+
+def _margin_problems(ex: Exchange) -> list[str]:
+    problems = []
+    cases = {aid for aid, a in ex.accounts.items() if a.margin is not None}
+    if cases != ex.margin_cases:
+        problems.append(f"margin cases {sorted(ex.margin_cases)} != accounts {sorted(cases)}")
+    if set(ex.breach.entries) & cases:
+        problems.append("an account in a margin case is in the breach index")
+    marks = ex._index_marks(fresh=True)
+    rates = ex.borrow_rates()
+    for aid, acct in ex.accounts.items():
+        if aid < FIRST_USER_ACCOUNT or acct.margin is not None or not at_risk(acct):
+            continue
+        balances, positions = ex._portfolio(acct, {})
+        m = ex._health_of(balances, positions, rates, Level.MAINTENANCE, marks)
+        if m is not None and m < -1 - len(positions):
+            problems.append(f"account {aid} is normal with maintenance health {m}")
     return problems

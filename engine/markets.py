@@ -82,6 +82,15 @@ class ExchangeConfig:
     margin_checks: bool = True
     # The longest cure window a trader's risk plan may ask for (engine/riskplan.py).
     max_cure_window_ms: int = 300_000
+    # Liquidation (engine/liquidation.py): each slice is an IOC within this much of the
+    # mark, what the book does not take goes to the insurance fund at that limit, and
+    # the liquidated account pays this fee on every slice's notional to the fund.
+    liquidation_slippage_ppm: int = 20_000
+    liquidation_fee_ppm: int = 2_500
+    liquidation_step_ms: int = 1_000  # between two slices of one account
+    # Below this share of its maintenance requirement (equity - maintenance health),
+    # equity means liquidation at once, cure window or not.
+    backstop_floor_ppm: int = 500_000
 
     @property
     def quote_asset(self) -> str:
@@ -138,9 +147,33 @@ class ExchangeConfig:
         problems += self.funding.problems()
         if self.max_cure_window_ms < 0:
             problems.append("max_cure_window_ms must not be negative")
+        problems += self._liquidation_problems()
         if 0 not in self.fee_tiers:
             problems.append("fee tier 0 (the default) is missing")
         return problems
+
+
+    def _liquidation_problems(self) -> list[str]:
+        out = []
+        if not 0 < self.liquidation_slippage_ppm < 1_000_000:
+            out.append("liquidation_slippage must be in (0, 1)")
+        if not 0 <= self.liquidation_fee_ppm < 1_000_000:
+            out.append("liquidation_fee must be in [0, 1)")
+        if self.liquidation_step_ms <= 0:
+            out.append("liquidation_step_ms must be positive")
+        if not 0 <= self.backstop_floor_ppm <= 1_000_000:
+            out.append("backstop_floor must be in [0, 1]")
+        # A slice must always raise health: what it may cost (the slippage limit and the
+        # fees) stays below what closing the exposure frees at maintenance.
+        taker = max((t.taker_ppm for t in self.fee_tiers.values()), default=0)
+        cost = self.liquidation_slippage_ppm + self.liquidation_fee_ppm + taker
+        for asset, params in sorted(self.risk.items()):
+            if asset in self.assets and cost >= params.maintenance_ppm + params.slippage_ppm:
+                out.append(
+                    f"{asset}: liquidation slippage + fees ({cost} ppm) must stay below the "
+                    "maintenance price shock + risk slippage, or a slice could lower health"
+                )
+        return out
 
 
 def _market(

@@ -109,16 +109,26 @@ def adjusted_num(balance: int, risk: AssetRisk | None, borrow_rate_ppm: int, lev
     return balance * (A + borrow_rate_ppm * BORROW_HORIZON_MS)
 
 
-def token_value_num(
-    adj_num: int, size: int, abs_size: int, size_mark: int, mark: int, shock: int, slip: int
+def token_slope(
+    balance: int,
+    size: int,
+    abs_size: int,
+    params: AssetRisk | None,
+    borrow_rate_ppm: int,
+    level: Level,
 ) -> int:
-    """token_t * U * DEN, from the asset's adjusted balance and the sums over its perps of
-    size, |size| and size * perp mark. With PN = mark * (PPM +/- shock), each shocked value
-    is PN * C - A * PPM**2 * size_mark where
+    """How token_t * U * DEN moves per unit of the asset's index price, from its balance
+    and the sums over its perps of size and |size|. With PN = mark * (PPM +/- shock), each
+    shocked value is PN * C - A * PPM**2 * size_mark where
     C = adj_num*PPM - slip*|adj_num| + A*(PPM*size - slip*abs_size), so the worse of the
-    two is mark * (PPM*C - shock*|C|) - A * PPM**2 * size_mark."""
-    c = adj_num * PPM - slip * abs(adj_num) + A * (PPM * size - slip * abs_size)
-    return mark * (PPM * c - shock * abs(c)) - A * PPM * PPM * size_mark
+    two is mark * (PPM*C - shock*|C|) - A * PPM**2 * size_mark: linear in the index, with
+    this slope (the perp marks only enter the constant, and cancel against the perps'
+    unrealized PnL in health)."""
+    shock = params.shock_ppm(level) if params is not None else 0
+    slip = params.slippage_ppm if params is not None and level is not Level.EQUITY else 0
+    adj = adjusted_num(balance, params, borrow_rate_ppm, level)
+    c = adj * PPM - slip * abs(adj) + A * (PPM * size - slip * abs_size)
+    return PPM * c - shock * abs(c)
 
 
 def token_num(
@@ -133,10 +143,8 @@ def token_num(
 ) -> int:
     """token_t * U * DEN for one asset: its balance and the perps on it (as sums of size,
     |size| and size * perp mark), at `level`."""
-    shock = params.shock_ppm(level) if params is not None else 0
-    slip = params.slippage_ppm if params is not None and level is not Level.EQUITY else 0
-    adj = adjusted_num(balance, params, borrow_rate_ppm, level)
-    return token_value_num(adj, size, abs_size, size_mark, mark, shock, slip)
+    slope = token_slope(balance, size, abs_size, params, borrow_rate_ppm, level)
+    return mark * slope - A * PPM * PPM * size_mark
 
 
 def quote_num(balance: int, borrow_rate_ppm: int, level: Level, upnl: int) -> int:
@@ -160,11 +168,14 @@ def health(
     quote: str,
     level: Level,
     parts: dict[str, int] | None = None,
+    slopes: dict[str, int] | None = None,
 ) -> int | None:
     """The account's health at `level` (its equity for Level.EQUITY), in quote atomic units,
     rounded down; None when an asset it holds, owes or trades has no mark. With `parts`,
     also each asset's contribution (rounded down): the quote's is its adjusted balance
-    plus every perp's unrealized PnL, another asset's is its `token_value`."""
+    plus every perp's unrealized PnL, another asset's is its `token_value`. With `slopes`,
+    also how each asset's contribution moves with its index: health * DEN * top moves by
+    slope * (price change) (engine/margin_index.py)."""
     by_asset: dict[str, list[PerpExposure]] = {}
     upnl = 0
     for p in perps:
@@ -191,11 +202,13 @@ def health(
             size += p.size
             abs_size += abs(p.size)
             size_mark += p.size * p.mark
-        value = token_num(
-            balance, size, abs_size, size_mark, mark, risk.get(asset),
-            borrow_rates_ppm.get(asset, 0), level,
-        )  # fmt: skip
+        slope = token_slope(
+            balance, size, abs_size, risk.get(asset), borrow_rates_ppm.get(asset, 0), level
+        )
+        value = mark * slope - A * PPM * PPM * size_mark  # token_num
         tokens += value * (top // unit)  # units are powers of ten: top // unit is exact
+        if slopes is not None:
+            slopes[asset] = slope * (top // unit)
         if parts is not None:
             parts[asset] = value // (unit * DEN)
     return combine(q, tokens, top)

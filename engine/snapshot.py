@@ -12,7 +12,7 @@ import json
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from engine.accounts import FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, Account, ApiKey
+from engine.accounts import FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, Account, ApiKey, MarginCase
 from engine.book import ORDER_FIELDS, Order
 from engine.events import Transfer
 from engine.funding import MarketFunding
@@ -21,6 +21,7 @@ from engine.riskplan import DEFAULT_PLAN, RiskPlan
 from engine.triggers import triggers_on_rise
 from engine.types import (
     LedgerReason,
+    MarginState,
     MarketState,
     OrderStatus,
     OrderType,
@@ -142,6 +143,16 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
             if (p := a.risk_plan) != DEFAULT_PLAN
         ],  # fmt: skip
+        "margin": [
+            [a.account_id, *a.margin.as_list()]
+            for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
+            if a.margin is not None
+        ],
+        "breach": [
+            [aid, [list(t) for t in triggers]]
+            for aid, triggers in sorted(ex.breach.entries.items())
+        ],
+        "margin_unknown": sorted(ex.margin_unknown),
         "positions": [
             [a.account_id, m, p.size, p.open_notional, p.realized]
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
@@ -202,6 +213,13 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         ex.accounts[aid].risk_plan = RiskPlan(
             cure, slice_ppm, tuple(order), tuple(tuple(g) for g in groups), tuple(keep)
         )
+    for aid, state, since, deadline, need, steps in snap.get("margin", []):
+        ex.accounts[aid].margin = MarginCase(MarginState(state), since, deadline, need, steps)
+        ex.margin_cases.add(aid)
+    ex.breach.rebuild(
+        {aid: tuple((a, p, r) for a, p, r in triggers) for aid, triggers in snap.get("breach", [])}
+    )
+    ex.margin_unknown = set(snap.get("margin_unknown", []))
     for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():

@@ -93,6 +93,16 @@ class CancelReason(StrEnum):
     MARKET_STATE = "market_state"
     MARGIN = "margin"  # funds below what the order held, or a triggered order failed margin
     REDUCE_ONLY = "reduce_only"  # the position it reduces shrank to nothing (or flipped)
+    MARGIN_CALL = "margin_call"  # maintenance health fell below 0: orders adding risk go
+    LIQUIDATION = "liquidation"  # liquidation began: every order of the account goes
+
+
+class MarginState(StrEnum):
+    """Where an account stands in the margin process (DESIGN section 9)."""
+
+    NORMAL = "normal"
+    MARGIN_CALL = "margin_call"  # maintenance < 0, inside its cure window
+    LIQUIDATING = "liquidating"  # being unwound in slices
 
 
 class LedgerReason(StrEnum):
