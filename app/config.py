@@ -83,6 +83,8 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
         "funding_sample_s",
         "funding_interval_s",
         "impact_notional",
+        *_LIQUIDATION_FRACTIONS,
+        "liquidation_step_ms",
     }
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
@@ -132,6 +134,7 @@ def _build(raw: Any, problems: list[str]) -> ExchangeConfig | None:
                 problems.append(f"{key} must be a positive integer")
             else:
                 extra[key[:-2] + "_ms"] = seconds * 1000
+    _liquidation(raw, extra, problems)
     if "risk" in raw:
         extra["risk"] = _risk(raw["risk"], problems)
     quotes = {m.quote for m in markets.values()}
@@ -229,6 +232,29 @@ def _per_asset(
             out[asset] = make(**values)
         except (FixedPointError, TypeError) as exc:
             problems.append(f"{what} {asset}: {exc}")
+
+
+_LIQUIDATION_FRACTIONS = {
+    "liquidation_slippage": "liquidation_slippage_ppm",
+    "liquidation_fee": "liquidation_fee_ppm",
+    "backstop_floor": "backstop_floor_ppm",
+}
+
+
+def _liquidation(raw: dict[str, Any], extra: dict[str, Any], problems: list[str]) -> None:
+    """Liquidation settings (engine/liquidation.py): fractions as decimals, the step in ms."""
+    for key, field in _LIQUIDATION_FRACTIONS.items():
+        if key in raw:
+            try:
+                extra[field] = parse_units(str(raw[key]), 6)
+            except FixedPointError as exc:
+                problems.append(f"{key}: {exc}")
+    if "liquidation_step_ms" in raw:
+        step = raw["liquidation_step_ms"]
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            problems.append("liquidation_step_ms must be a positive integer")
+        else:
+            extra["liquidation_step_ms"] = step
 
 
 def _risk(raw: Any, problems: list[str]) -> dict[str, AssetRisk]:

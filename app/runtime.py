@@ -36,6 +36,8 @@ from app.views import (
     fill_from_trade,
     funding_payment_wire,
     health_wire,
+    liquidation_wire,
+    margin_state_wire,
     order_wire,
     position_event_wire,
     transfer_wire,
@@ -44,18 +46,23 @@ from app.ws.hub import Hub
 from engine.events import (
     ApiKeyCreated,
     ApiKeyRevoked,
+    BadDebt,
     BookDelta,
     Event,
     FundingPayment,
     FundingSampled,
+    LiquidationSlice,
+    MarginStateChanged,
     MarketStateChanged,
     OrderUpdate,
     PositionChanged,
     TradeEvent,
     Transfer,
+    liquidation_row,
 )
 from engine.exchange import Exchange
-from engine.types import MarketState, Side
+from engine.fixedpoint import format_units
+from engine.types import MarginState, MarketState, Side
 
 log = logging.getLogger("exchange.runtime")
 MARKETDATA_TRADES = 5000  # newest trades per market replayed into candles/tickers at start
@@ -309,6 +316,7 @@ class Runtime:
 
     def _publish_private(self, seq: int, events: Sequence[Event]) -> None:
         hub, config = self.hub, self.config
+        quote = config.assets[config.quote_asset].decimals if config.quote_asset else 0
         for e in events:
             if isinstance(e, OrderUpdate):
                 msg: dict[str, Any] = {
@@ -332,6 +340,22 @@ class Runtime:
                 row = {**e._asdict(), "index_price": e.index_price}
                 msg = {"type": "funding", "seq": seq, **funding_payment_wire(config, row)}
                 hub.send_private(e.account_id, "account", orjson.dumps(msg).decode())
+            elif isinstance(e, MarginStateChanged):
+                kind = "margin_call" if e.state is MarginState.MARGIN_CALL else "margin_state"
+                msg = {"type": kind, "seq": seq, **margin_state_wire(config, e)}
+                hub.send_private(e.account_id, "margin", orjson.dumps(msg).decode())
+            elif isinstance(e, LiquidationSlice):
+                msg = {
+                    "type": "liquidation",
+                    "seq": seq,
+                    **liquidation_wire(config, liquidation_row(e)),
+                    "liquidation_end_after": format_units(e.liquidation_end_after, quote),
+                }
+                hub.send_private(e.account_id, "margin", orjson.dumps(msg).decode())
+            elif isinstance(e, BadDebt):
+                row = liquidation_row(e)
+                msg = {"type": "bad_debt", "seq": seq, **liquidation_wire(config, row)}
+                hub.send_private(e.account_id, "margin", orjson.dumps(msg).decode())
 
     async def _health_stream(self) -> None:
         """Once a second, each account with a connection on its `account` channel gets

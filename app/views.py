@@ -13,6 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from engine.events import (
+    MarginStateChanged,
     OrderView,
     PositionChanged,
     TradeEvent,
@@ -218,4 +219,55 @@ def position_event_wire(config: ExchangeConfig, e: PositionChanged) -> dict[str,
         "size": spec.fmt_size(e.size),
         "entry_price": None if entry is None else spec.fmt_price(entry),
         "realized_pnl": format_units(e.realized, spec.quote_decimals),
+    }
+
+
+def liquidation_wire(config: ExchangeConfig, r: Mapping[str, Any]) -> dict[str, Any]:
+    """A liquidation slice or a bad debt (a `liquidations` row, or engine.events.
+    liquidation_row of the event), amounts as decimal strings."""
+    if r["kind"] == "slice":
+        spec = config.markets[r["market"]]
+        quote = spec.quote_decimals
+        return {
+            "kind": "slice",
+            "account_id": str(r["account_id"]),
+            "step": r["step"],
+            "market": r["market"],
+            "side": r["side"],
+            "size": spec.fmt_size(r["size"]),
+            "limit_price": spec.fmt_price(r["limit_price"]),
+            "book_size": spec.fmt_size(r["book_size"]),
+            "book_notional": format_units(r["book_notional"], quote),
+            "backstop_size": spec.fmt_size(r["backstop_size"]),
+            "backstop_notional": format_units(r["backstop_notional"], quote),
+            "fee": format_units(r["fee"], quote),
+            "ts": r["ts"],
+        }
+    dec = config.assets[r["asset"]].decimals
+    return {
+        "kind": "bad_debt",
+        "account_id": str(r["account_id"]),
+        "asset": r["asset"],
+        "amount": format_units(r["amount"], dec),
+        "insurance": format_units(r["insurance"], dec),
+        "socialized": format_units(r["socialized"], dec),
+        "suppliers": r["suppliers"],
+        "ts": r["ts"],
+    }
+
+
+def margin_state_wire(config: ExchangeConfig, e: MarginStateChanged) -> dict[str, Any]:
+    """An account entering or leaving a margin call or liquidation (private `margin`)."""
+    quote = config.assets[config.quote_asset].decimals
+    return {
+        "state": e.state.value,
+        "previous": e.previous.value,
+        "deadline": e.deadline,
+        "reason": e.reason,
+        "health": {
+            "maintenance": format_units(e.maintenance, quote),
+            "liquidation_end": format_units(e.liquidation_end, quote),
+            "equity": format_units(e.equity, quote),
+        },
+        "ts": e.ts,
     }

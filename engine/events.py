@@ -338,6 +338,24 @@ def fill_row(t: TradeEvent, account_id: int) -> dict[str, Any]:
     }
 
 
+_LIQUIDATION_FIELDS = (
+    "account_id", "ts", "step", "market", "asset", "side", "size", "limit_price", "book_size",
+    "book_notional", "backstop_size", "backstop_notional", "fee", "amount", "insurance",
+    "socialized", "suppliers",
+)  # fmt: skip
+
+
+def liquidation_row(e: LiquidationSlice | BadDebt) -> dict[str, Any]:
+    """A liquidation slice or a bad debt as one flat row (`kind` "slice" or "bad_debt", the
+    other kind's fields None): the one derivation used by the projection and the wire."""
+    row: dict[str, Any] = dict.fromkeys(_LIQUIDATION_FIELDS)
+    row.update((k, v) for k, v in e._asdict().items() if k in row)
+    if isinstance(e, LiquidationSlice):
+        row["side"] = e.side.value
+    row["kind"] = "slice" if isinstance(e, LiquidationSlice) else "bad_debt"
+    return row
+
+
 def posting_row(t: Transfer, account_id: int) -> dict[str, Any]:
     """Transfer `t` as seen by one of its two accounts (signed amount, its balance after):
     the one derivation used by the ledger projection and by the wire."""

@@ -1788,6 +1788,15 @@ class Exchange:
             "positions": self._positions_view(acct),
         }
 
+    def insurance_state(self) -> dict[str, Any]:
+        """The insurance fund: balances (every asset) and the positions it took over."""
+        acct = self.accounts[INSURANCE]
+        return {
+            "account_id": INSURANCE,
+            "balances": {a: acct.balance(a) for a in self.config.assets},
+            "positions": self._positions_view(acct),
+        }
+
     @staticmethod
     def _risk_fields(view: RiskView) -> dict[str, Any]:
         return {

@@ -113,8 +113,8 @@ async def account(request: Request, who: Principal = Depends(signed("read"))) ->
             position_wire(rt, p, state["liquidation_prices"]) for p in state["positions"]
         ],
         **risk_wire(rt, state),
-        "margin_state": "normal",
-        "deadline": None,
+        "margin_state": state["margin_state"],
+        "deadline": state["margin_deadline"],
         "open_orders": state["open_orders"],
         "settings": {
             "stp": state["stp"],

@@ -17,7 +17,8 @@ from app.api.schemas import error_responses
 from app.errors import ApiError
 from app.metrics import render_metrics
 from app.store import queries
-from app.views import funding_row_wire, lending_wire, market_wire
+from app.views import funding_row_wire, lending_wire, liquidation_wire, market_wire
+from engine.fixedpoint import format_units
 from engine.types import MarketKind
 
 router = APIRouter(prefix="/v1", tags=["public"], dependencies=[Depends(public_limit)])
@@ -71,6 +72,36 @@ async def lending(request: Request) -> dict[str, Any]:
     state = await query(rt, lambda ex: ex.lending_state())
     return {"pools": [lending_wire(asset, rt.config.assets[asset].decimals, pool)
                       for asset, pool in state.items()]}  # fmt: skip
+
+
+@router.get("/insurance", responses=error_responses(422, 429, 503), summary="Insurance fund")
+async def insurance(
+    request: Request,
+    limit: int = Query(default=100, ge=1, le=1000),
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """The fund's balances, the positions it took over (backstop) and its history:
+    takeovers and bad debts, newest first (docs/liquidation.md)."""
+    rt = runtime(request)
+    state = await query(rt, lambda ex: ex.insurance_state())
+    rows, nxt = await queries.list_insurance_history(rt.db, limit, cursor)
+    cfg = rt.config
+    return {
+        "account_id": str(state["account_id"]),
+        "balances": {a: format_units(v, cfg.assets[a].decimals)
+                     for a, v in state["balances"].items()},
+        "positions": [
+            {
+                "market": p["market"],
+                "size": cfg.markets[p["market"]].fmt_size(p["size"]),
+                "entry_price": None if p["entry_price"] is None
+                else cfg.markets[p["market"]].fmt_price(p["entry_price"]),
+            }
+            for p in state["positions"]
+        ],
+        "history": [liquidation_wire(cfg, r) for r in rows],
+        "next_cursor": nxt,
+    }  # fmt: skip
 
 
 @router.get("/markets", summary="Markets with tick, lot, minimum size, kind and state")

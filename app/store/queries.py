@@ -208,3 +208,18 @@ async def list_funding_payments(
         q = q.where((fp.c.ts < ts) | ((fp.c.ts == ts) & (fp.c.market < last_market)))
     rows, last = await _page(store, q.order_by(fp.c.ts.desc(), fp.c.market.desc()), "ts", limit)
     return rows, None if last is None else f"{last}:{rows[-1]['market']}"
+
+
+async def list_insurance_history(
+    store: Store | AsyncEngine, limit: int = 100, cursor: str | None = None
+) -> Page:
+    """The insurance fund's history, newest first: liquidation slices the fund took over
+    (backstop) and bad debts it paid or saw socialized; cursor = "seq:n" of the last row."""
+    lq = t.liquidations
+    q = select(lq).where((lq.c.kind == "bad_debt") | (lq.c.backstop_size > 0))
+    if cursor is not None:
+        seq_text, _, n_text = cursor.partition(":")
+        seq, n = int(seq_text), int(n_text or 0)
+        q = q.where((lq.c.seq < seq) | ((lq.c.seq == seq) & (lq.c.n < n)))
+    rows, last = await _page(store, q.order_by(lq.c.seq.desc(), lq.c.n.desc()), "seq", limit)
+    return rows, None if last is None else f"{last}:{rows[-1]['n']}"

@@ -34,14 +34,17 @@ from engine.events import (
     AccountSettingsChanged,
     ApiKeyCreated,
     ApiKeyRevoked,
+    BadDebt,
     Event,
     FundingPayment,
     FundingSettled,
+    LiquidationSlice,
     MarketStateChanged,
     OrderUpdate,
     TradeEvent,
     Transfer,
     fill_row,
+    liquidation_row,
     posting_row,
 )
 
@@ -83,6 +86,7 @@ class _Rows:
         "revoked",
         "funding",
         "funding_payments",
+        "liquidations",
         "ledger",
         "balances",
         "orders",
@@ -105,6 +109,7 @@ class _Rows:
         self.states: dict[str, str] = {}
         self.funding: list[dict[str, Any]] = []
         self.funding_payments: list[dict[str, Any]] = []
+        self.liquidations: list[dict[str, Any]] = []
 
 
 def _project(entries: Sequence[Entry]) -> _Rows:
@@ -119,6 +124,7 @@ def _project(entries: Sequence[Entry]) -> _Rows:
                 "checksum": journal_checksum(seq, ts, cmd_text),
             }
         )
+        n = 0  # liquidation events of this command so far
         for ev in events:
             if isinstance(ev, OrderUpdate):
                 o = ev.order
@@ -195,6 +201,9 @@ def _project(entries: Sequence[Entry]) -> _Rows:
                         "seq": seq,
                     }
                 )
+            elif isinstance(ev, LiquidationSlice | BadDebt):
+                r.liquidations.append({**liquidation_row(ev), "seq": seq, "n": n})
+                n += 1
             elif isinstance(ev, FundingPayment):
                 r.funding_payments.append(
                     {
@@ -297,6 +306,7 @@ class Store:
         self._states = prep(upsert(t.market_states))
         self._funding = prep(t.funding.insert())
         self._funding_payments = prep(t.funding_payments.insert())
+        self._liquidations = prep(t.liquidations.insert())
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -339,6 +349,7 @@ class Store:
             (self._states, [{"market": m, "state": st} for m, st in r.states.items()]),
             (self._funding, r.funding),
             (self._funding_payments, r.funding_payments),
+            (self._liquidations, r.liquidations),
         ]
         async with self.engine.begin() as conn:
             for prepared, rows in steps:

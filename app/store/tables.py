@@ -179,6 +179,33 @@ funding_payments = Table(
     _big("seq"),
 )
 
+# Liquidation slices and bad debt (engine/liquidation.py), for GET /v1/insurance: one
+# row per event, `n` its place among the command's liquidation events.
+liquidations = Table(
+    "liquidations",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("n", Integer, primary_key=True, autoincrement=False),
+    _str("kind"),  # "slice" | "bad_debt"
+    _big("account_id"),
+    _big("ts"),
+    _big("step", True),
+    _str("market", True),
+    _str("asset", True),
+    _str("side", True),
+    _big("size", True),
+    _big("limit_price", True),
+    _big("book_size", True),
+    _big("book_notional", True),
+    _big("backstop_size", True),
+    _big("backstop_notional", True),
+    _big("fee", True),
+    _big("amount", True),  # bad debt: what was owed
+    _big("insurance", True),  # bad debt: paid by the fund
+    _big("socialized", True),  # bad debt: written off against suppliers
+    _big("suppliers", True),
+)
+
 market_states = Table(
     "market_states",
     metadata,
