@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +104,10 @@ def generated_decoders() -> str:
 def build(out: Path = BUILD) -> int:
     """Compile engine/ into `out`. 0 when built; 1 when mypyc or the compiler failed."""
     digest = source_hash()
-    work = out.with_name(out.name + ".tmp")
-    shutil.rmtree(work, ignore_errors=True)
+    # a work folder of its own: two builds at once (two sessions, make run and make test)
+    # must not delete each other's files
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     (work / "engine").mkdir(parents=True)
     for path in sorted(SOURCE.glob("*.py")):
         shutil.copy2(path, work / "engine" / path.name)
@@ -128,6 +131,9 @@ def build(out: Path = BUILD) -> int:
     shutil.rmtree(work / ".mypy_cache", ignore_errors=True)
     (work / STAMP).write_text(digest + "\n")
     shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
+    try:
+        work.rename(out)
+    except OSError:  # another build put its (identical or newer) result there first
+        shutil.rmtree(work, ignore_errors=True)
     print(f"native engine built in {out} ({len(compiled)} modules compiled)")
     return 0

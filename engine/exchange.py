@@ -1789,10 +1789,14 @@ class Exchange:
         }
 
     def insurance_state(self) -> dict[str, Any]:
-        """The insurance fund: balances (every asset) and the positions it took over."""
+        """The insurance fund: balances (every asset), the positions it took over, and its
+        equity at the index (what stands behind bad debt it pays, engine/liquidation.py)."""
         acct = self.accounts[INSURANCE]
+        balances, positions = self._portfolio(acct, {})
+        marks = self._index_marks(fresh=False)
         return {
             "account_id": INSURANCE,
+            "equity": self._health_of(balances, positions, {}, Level.EQUITY, marks),
             "balances": {a: acct.balance(a) for a in self.config.assets},
             "positions": self._positions_view(acct),
         }

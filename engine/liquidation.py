@@ -538,11 +538,22 @@ def _bad_debt(ex: Exchange, acct: Account) -> None:
     aid = acct.account_id
     ins = ex.accounts[INSURANCE]
     ref = f"bad_debt:{aid}:{ex._ts}"
+    quote = ex._quote
+    # in the quote asset the fund pays up to its equity at the index: what it took over
+    # (spot bought by the backstop, positions) stands behind a negative quote balance
+    balances, positions = ex._portfolio(ins, {})
+    equity = ex._health_of(balances, positions, {}, Level.EQUITY, ex._index_marks(fresh=True))
     for asset in sorted(acct.balances):
         owed = -acct.balances[asset]
         if owed <= 0:
             continue
-        paid = min(owed, max(ins.balance(asset), 0))
+        if asset == quote and equity is not None:
+            can = max(equity, 0)
+        else:
+            can = max(ins.balance(asset), 0)
+        paid = min(owed, can)
+        if asset == quote and equity is not None:
+            equity -= paid
         if paid:
             ex._transfer(asset, INSURANCE, aid, paid, LedgerReason.LIQUIDATION, ref)
         rest = owed - paid
@@ -551,6 +562,7 @@ def _bad_debt(ex: Exchange, acct: Account) -> None:
             for a in ex.accounts.values()
             if a.account_id >= FIRST_USER_ACCOUNT
             and a.account_id != aid
+            and (a.margin is None or a.margin.state is not MarginState.LIQUIDATING)
             and (b := a.balances.get(asset, 0)) > 0
         )
         supplied = sum(b for _, b in suppliers)

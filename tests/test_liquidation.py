@@ -328,18 +328,21 @@ def test_a_deep_loss_is_paid_by_the_insurance_fund() -> None:
 def test_with_the_fund_empty_suppliers_share_the_loss_pro_rata() -> None:
     ex, events = deep_loss(0)
     (debt,) = of(events, BadDebt)
-    # the fund has only the slice's 93.265 fee; 2,715.516 is shared by the three suppliers
+    # the fund is worth only the slice's 93.265 fee and the 684 its takeover (0.9 BTC at
+    # 37,240, index 38,000) is up: it pays 777.265, the three suppliers share 2,031.516
     assert (debt.amount, debt.insurance, debt.socialized, debt.suppliers) == (
-        2_808_781_000, 93_265_000, 2_715_516_000, 3)  # fmt: skip
+        2_808_781_000, 777_265_000, 2_031_516_000, 3)  # fmt: skip
     written_off = {t.from_account: t.amount for t in of(events, Transfer)
                    if t.reason is LedgerReason.SOCIALIZED_LOSS}  # fmt: skip
-    assert sum(written_off.values()) == 2_715_516_000
+    assert sum(written_off.values()) == 2_031_516_000
     supplied = {a: ex.accounts[a].balance("USDC") + written_off[a] for a in written_off}
     total = sum(supplied.values())
     for a, amount in written_off.items():  # pro rata to the last unit
-        assert abs(amount * total - 2_715_516_000 * supplied[a]) < total
-    assert written_off[L1] == 147_957_025 and written_off[L2] == 98_638_017
-    assert ex.accounts[INSURANCE].balance("USDC") == 0
+        assert abs(amount * total - 2_031_516_000 * supplied[a]) < total
+    assert written_off[L1] == 110_688_747 and written_off[L2] == 73_792_498
+    # its quote balance went negative by what its position is worth: equity 0
+    assert ex.accounts[INSURANCE].balance("USDC") == -684 * USDC
+    assert ex.accounts[INSURANCE].positions[PERP].size == 90_000_000
     assert ex.accounts[T].balances == {"USDC": 0}
     assert ex.check_invariants() == []
 

@@ -88,6 +88,8 @@ async def insurance(
     cfg = rt.config
     return {
         "account_id": str(state["account_id"]),
+        "equity": None if state["equity"] is None
+        else format_units(state["equity"], cfg.assets[cfg.quote_asset].decimals),
         "balances": {a: format_units(v, cfg.assets[a].decimals)
                      for a, v in state["balances"].items()},
         "positions": [
