@@ -19,6 +19,12 @@ health computation, one oracle update and one funding settlement with many posit
   BTC-PERP against one short market maker (set up with real commands), then the
   median time of one `SetOraclePrices` (BTC), and of one funding settlement, which
   pays every position.
+* **oracle updates that cross breach triggers** (engine/margin_index.py): the same
+  N accounts plus 6,000 accounts long 0.05 BTC-PERP and 1 ETH-PERP on staggered
+  collateral, so their BTC triggers are spread below the index. Each update moves
+  BTC down to just past the k-th trigger: k accounts are looked at and indexed
+  again (none is breached: ETH holds). The table gives the median per k and the
+  number of accounts whose triggers the update replaced.
 """
 
 from __future__ import annotations
@@ -234,12 +240,66 @@ def scale_table(sizes: list[int], repeats: int = 21) -> str:
     return "\n".join(lines)
 
 
+def crossing_world(n: int, near: int = 6_000) -> Exchange:
+    """`positions_world(n)` plus `near` accounts long 0.05 BTC-PERP and 1 ETH-PERP with
+    1,000 USDC + 0.01 USDC per account number: BTC triggers about 9% down, 0.0002%
+    apart (so crossing thousands moves BTC by about 1%, and nobody is breached)."""
+    ex = positions_world(n)
+    _apply(ex, c.SetOraclePrices(prices=(("BTC", INDEX), ("ETH", 3_000 * USDC))))
+    mm = 1000
+    for market, price, size in (("BTC-PERP", INDEX, BTC // 20), ("ETH-PERP", 3_000 * USDC, ETH)):
+        _apply(ex, c.PlaceOrder(account_id=mm, market=market, side=Side.SELL, size=size * near,
+                                price=price))  # fmt: skip
+    first = ex.next_account_id
+    for i in range(near):
+        aid = first + i
+        _apply(ex, c.CreateAccount(name=f"near{i}", api_key=f"near{i}", api_secret="s"))
+        _apply(ex, c.Deposit(account_id=aid, asset="USDC", amount=1_000 * USDC + i * 10_000,
+                             deposit_id=f"near{i}"))  # fmt: skip
+        for market, price, size in (("BTC-PERP", INDEX, BTC // 20),
+                                    ("ETH-PERP", 3_000 * USDC, ETH)):  # fmt: skip
+            _apply(ex, c.PlaceOrder(account_id=aid, market=market, side=Side.BUY, size=size,
+                                    price=price, tif=TimeInForce.IOC))  # fmt: skip
+    return ex
+
+
+def crossing_table(n: int, ks: list[int], repeats: int = 5) -> str:
+    ex = crossing_world(n)
+    gc.collect()
+    gc.freeze()  # the world's objects out of the collector's way: no pauses in the timings
+    lines = [f"{n:,} accounts with a position, plus 6,000 near accounts.", "",
+             "| triggers crossed (k) | update median µs | accounts re-indexed | µs per account |",
+             "|---|---|---|---|"]  # fmt: skip
+    price = INDEX
+    for k in ks:
+        times, touched = [], []
+        for _ in range(repeats):
+            falls = sorted((p for t in ex.breach.entries.values() for a, p, up in t
+                            if a == "BTC" and not up and p < price), reverse=True)  # fmt: skip
+            target = falls[k - 1] if k else price - USDC  # k = 0: one USDC down, nobody
+            before = dict(ex.breach.entries)
+            t0 = time.perf_counter_ns()
+            _apply(ex, c.SetOraclePrices(prices=(("BTC", target),)))
+            times.append(time.perf_counter_ns() - t0)
+            touched.append(sum(1 for a, t in ex.breach.entries.items() if before.get(a) != t))
+            price = target
+        us = statistics.median(times) / 1000
+        per = f"{us / statistics.median(touched):.1f}" if statistics.median(touched) else "-"
+        lines.append(f"| {k:,} | {us:.1f} | {statistics.median(touched):.0f} | {per} |")
+    assert ex.check_invariants() == []
+    assert not ex.margin_cases, "a near account was breached: the benchmark is off"
+    gc.unfreeze()
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--ops", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--accounts", default="10000,100000")
+    ap.add_argument("--crossing", type=int, default=100_000,
+                    help="accounts in the trigger-crossing benchmark (0: skip it)")
     args = ap.parse_args(argv)
     print(f"# risk benchmark, {datetime.date.today().isoformat()}")
     print()
@@ -260,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     print("## Oracle update and funding settlement with many positions")
     print()
     print(scale_table([int(x) for x in args.accounts.split(",") if x]))
+    if args.crossing:
+        print()
+        print("## Oracle updates that cross breach triggers")
+        print()
+        print(crossing_table(args.crossing, [0, 1, 10, 100, 1000]))
     return 0
 
 
