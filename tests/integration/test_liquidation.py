@@ -89,6 +89,32 @@ async def test_a_margin_call_cured_by_a_deposit_keeps_the_position(
     await mm.client.cancel_all()
 
 
+async def test_a_margin_call_cured_by_a_hedge_keeps_the_position(
+    admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    await admin.set_oracle_prices({"BTC": "50000"})
+    await make_trader({"BTC": "5"})  # a lender: its BTC supplies the pool
+    mm = await make_trader({"USDC": "1000000"})
+    trader = await make_trader({"USDC": "10000"})
+    await trader.client.set_risk_plan({"cure_window_s": 60})
+    await open_long(mm, trader, "BTC-PERP", "50000", "1")
+    await quote(mm, "BTC-PERP", "42900", "43100", "1")
+    await mm.client.place_order(market="BTC-USDC", side="buy", price="42900", size="1")
+    await admin.set_oracle_prices({"BTC": "43000"})
+    called = await until(trader.client.account, "the margin call")
+    assert called["margin_state"] == "margin_call"
+    # the hedge: sell 1 borrowed BTC against the long perp
+    settings = await trader.client.update_settings(auto_borrow=True)
+    assert settings["settings"]["auto_borrow"] is True, settings
+    await trader.client.place_order(market="BTC-USDC", side="sell", price="42900", size="1",
+                                    time_in_force="ioc")  # fmt: skip
+    account = await trader.client.account()
+    assert (account["margin_state"], account["deadline"]) == ("normal", None)
+    assert position(account, "BTC-PERP") == 1 and balance(account, "BTC") == -1
+    assert Decimal(account["health"]["liquidation_end"]) >= 0
+    await mm.client.cancel_all()
+
+
 async def test_without_a_window_the_book_takes_slices_to_liquidation_end(
     server: ServerProcess, admin: AsyncExchangeClient, make_trader: MakeTrader
 ) -> None:
