@@ -71,7 +71,16 @@ from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
 from engine.portfolio import RiskView, WhatIfOrder, risk_view, what_if_change
 from engine.positions import Position, mark_price
-from engine.risk import Level, PerpExposure, combine, health, quote_num, token_num
+from engine.risk import (
+    BORROW_HORIZON_MS,
+    YEAR_MS,
+    Level,
+    PerpExposure,
+    combine,
+    health,
+    quote_num,
+    token_num,
+)
 from engine.riskplan import RiskPlan, plan_problems
 from engine.triggers import LIMIT_TYPES, STOP_TYPES, TriggerBook, triggers_on_rise
 from engine.types import (
@@ -169,10 +178,17 @@ class Exchange:
         self.breach = BreachIndex()  # accounts by the index prices at which they may breach
         self.margin_cases: set[int] = set()  # accounts in a margin call or liquidation
         self.margin_unknown: set[int] = set()  # at risk, but an index they need is stale
+        # per indexed account, how much quote may still leave it as funding or interest
+        # before it must be looked at again (engine/margin_index.py)
+        self.allowance: dict[int, int] = {}
         self._touched: set[int] = set()  # accounts that paid or moved a position (a command)
         self._prices_moved: set[str] = set()  # assets with a new index (a command)
         # each pool's highest borrow rate: the breach index values loans at it
         self.max_rates = {a: borrow_rate_ppm(p, 1, 1) for a, p in config.lending.items()}
+        # a quote loan weighs (1 + highest rate * 10 days): this extra, in ppm, rounded up
+        self._loan_extra_ppm = ceil_div(
+            self.max_rates.get(self._quote, 0) * BORROW_HORIZON_MS, YEAR_MS
+        )
         self.spot_market_of: dict[str, str] = {}  # asset -> the spot market liquidation sells it in
         for sym in sorted(config.markets, reverse=True):
             spec = config.markets[sym]
@@ -396,7 +412,21 @@ class Exchange:
         fb = a.balances[asset] = a.balances.get(asset, 0) - amount
         tb = b.balances[asset] = b.balances.get(asset, 0) + amount
         if frm >= FIRST_USER_ACCOUNT:
-            self._touched.add(frm)  # it paid: its health may have fallen
+            # it paid: its health may have fallen; funding or interest in the quote asset
+            # within the account's allowance cannot have taken it under maintenance
+            left = self.allowance.get(frm, -1)
+            if (
+                left < amount
+                or asset != self._quote
+                or (reason is not LedgerReason.FUNDING and reason is not LedgerReason.INTEREST)
+            ):
+                self._touched.add(frm)
+            else:
+                worst = amount + ceil_div(amount * self._loan_extra_ppm, PPM)
+                if worst <= left:
+                    self.allowance[frm] = left - worst
+                else:
+                    self._touched.add(frm)
             pool = self.pools[asset]
             pool.move(fb + amount, fb)
             if a.auto_borrow and a.holds.get(asset, 0):

@@ -181,7 +181,7 @@ def _margin_problems(ex: Exchange) -> list[str]:
     cases = {aid for aid, a in ex.accounts.items() if a.margin is not None}
     if cases != ex.margin_cases:
         problems.append(f"margin cases {sorted(ex.margin_cases)} != accounts {sorted(cases)}")
-    if set(ex.breach.entries) & cases:
+    if set(ex.breach.entries) & cases or set(ex.allowance) & cases:
         problems.append("an account in a margin case is in the breach index")
     marks = ex._index_marks(fresh=True)
     rates = ex.borrow_rates()

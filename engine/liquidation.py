@@ -125,6 +125,7 @@ def review(ex: Exchange, acct: Account) -> None:
     case = acct.margin
     if case is None and not at_risk(acct):
         ex.breach.drop(aid)
+        ex.allowance.pop(aid, None)
         ex.margin_unknown.discard(aid)
         return
     marks = ex._index_marks(fresh=True)
@@ -132,6 +133,7 @@ def review(ex: Exchange, acct: Account) -> None:
     m = _health(ex, acct, Level.MAINTENANCE, marks, rates)
     if m is None:  # an index is stale or missing: paused until prices come
         ex.breach.drop(aid)
+        ex.allowance.pop(aid, None)
         ex.margin_unknown.add(aid)
         return
     ex.margin_unknown.discard(aid)
@@ -140,6 +142,7 @@ def review(ex: Exchange, acct: Account) -> None:
             index_account(ex, acct, marks, m)
         else:
             ex.breach.drop(aid)
+            ex.allowance.pop(aid, None)
             _breached(ex, acct, marks, rates, m)
         return
     le, eq = _levels(ex, acct, marks, rates)
@@ -178,8 +181,12 @@ def index_account(ex: Exchange, acct: Account, marks: dict[str, int], m: int) ->
     else:
         _health(ex, acct, Level.MAINTENANCE, marks, ex.borrow_rates(), slopes=slopes)
     low -= 2 + sum(1 for p in acct.positions.values() if p.size)
+    # a quarter of the cushion is kept for funding and interest payments, which then need
+    # no new look (engine/exchange.py `_transfer`); prices may use the rest
+    spare = max(low, 0) // 4
+    ex.allowance[acct.account_id] = spare
     scale = DEN * ex._risk_top
-    budget = max(low, 0) * scale
+    budget = (max(low, 0) - spare) * scale
     total = sum(abs(s) * marks[a] for a, s in slopes.items())
     if total == 0:
         ex.breach.drop(acct.account_id)

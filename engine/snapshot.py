@@ -153,6 +153,7 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             for aid, triggers in sorted(ex.breach.entries.items())
         ],
         "margin_unknown": sorted(ex.margin_unknown),
+        "allowance": sorted([aid, left] for aid, left in ex.allowance.items()),
         "positions": [
             [a.account_id, m, p.size, p.open_notional, p.realized]
             for a in sorted(ex.accounts.values(), key=lambda a: a.account_id)
@@ -220,6 +221,7 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         {aid: tuple((a, p, r) for a, p, r in triggers) for aid, triggers in snap.get("breach", [])}
     )
     ex.margin_unknown = set(snap.get("margin_unknown", []))
+    ex.allowance = {aid: left for aid, left in snap.get("allowance", [])}
     for aid, acct in ex.accounts.items():  # pools are the users' balances, summed
         if aid >= FIRST_USER_ACCOUNT:
             for asset, bal in acct.balances.items():

@@ -379,3 +379,35 @@ def test_a_stale_index_pauses_margin_calls() -> None:
     assert states(events)[0] == ("normal", "liquidating", "no_cure_window")
     assert T not in ex.margin_unknown
     assert ex.check_invariants() == []
+
+
+def settle_funding(ex: Exchange, premium_ppb: int, ts: int) -> list[Event]:
+    """One funding settlement of BTC-PERP at the next command, from one premium sample."""
+    mf = ex.funding[PERP]
+    mf.premium_sum, mf.samples = premium_ppb, 1
+    ex.next_funding_ts = ex.next_sample_ts = ts
+    return run(ex, Tick(), ts=ts)
+
+
+def test_funding_within_the_allowance_needs_no_new_look_and_beyond_it_does() -> None:
+    ex = world()
+    long_one_btc(ex)
+    # maintenance 5,750 less 3 units of rounding: a quarter is kept for payments
+    spare = (5_750 * USDC - 3) // 4
+    assert ex.allowance[T] == spare
+    entries = ex.breach.entries[T]
+    # the sample and the settling Tick's own (0) average to 0.1%: F = 0.05%, 0.00625% an
+    # hour, so T pays 3.125 USDC: within the allowance
+    paid = [e.amount for e in settle_funding(ex, 2_000_000, 3000) if isinstance(e, Transfer)
+            and e.from_account == T]  # fmt: skip
+    assert paid == [3_125_000]
+    worst = 3_125_000 + -(-3_125_000 * ex._loan_extra_ppm // 1_000_000)  # as if borrowed
+    assert ex.allowance[T] == spare - worst
+    assert ex.breach.entries[T] is entries  # not looked at again
+    # 4% an hour (the cap): 2,000 USDC is beyond the allowance, so T is indexed anew
+    paid = [e.amount for e in settle_funding(ex, 10**9, 4000) if isinstance(e, Transfer)
+            and e.from_account == T]  # fmt: skip
+    assert paid == [2_000 * USDC]
+    assert ex.breach.entries[T] != entries
+    assert ex.allowance[T] == (5_750 * USDC - 3_125_000 - 2_000 * USDC - 3) // 4
+    assert ex.check_invariants() == []
