@@ -583,6 +583,8 @@ def _bad_debt(ex: Exchange, acct: Account) -> None:
         for s, _ in suppliers:
             if shares[s]:
                 ex._transfer(asset, s, aid, shares[s], LedgerReason.SOCIALIZED_LOSS, ref)
+                # what its orders hold may now exceed what it has: cancel them as needed
+                ex._cover_holds(ex.accounts[s], asset)
         uncovered = rest - share_total  # no suppliers left: the fund carries it
         if uncovered:
             ex._transfer(asset, INSURANCE, aid, uncovered, LedgerReason.LIQUIDATION, ref)

@@ -10,7 +10,9 @@ Rules owned here:
   `P_t * (1 + x)` when a rise does. No trigger crossed means no breach, however
   many assets move at once;
 * an account is re-indexed whenever its portfolio may have lost value (it paid
-  something or its position moved) and after every trigger that fires for it;
+  something or its position moved) and after every trigger that fires for it (a
+  fired account leaves the index until then, so its triggers are always pushed
+  again, even when recomputed to the same prices);
   money it receives only makes its triggers conservative;
 * triggers are kept per asset in two heaps (falls, rises); an account's old
   entries are removed lazily (skipped when popped) and the heaps are rebuilt when
@@ -59,8 +61,9 @@ class BreachIndex:
             self._compact()
 
     def due(self, asset: str, price: int) -> set[int]:
-        """Pop the triggers of `asset` that `price` has reached; the accounts they belong to.
-        Their other triggers stay until the account is indexed again."""
+        """Pop the triggers of `asset` that `price` has reached; the accounts they belong to
+        leave the index (their other triggers go dead): the caller looks at each and puts it
+        back, so a trigger recomputed to the same price is pushed again, never lost."""
         out: set[int] = set()
         entries = self.entries
         rises = self.rises.get(asset)
@@ -75,6 +78,8 @@ class BreachIndex:
             self._heap_size -= 1
             if (asset, -neg, False) in entries.get(aid, ()):
                 out.add(aid)
+        for aid in out:
+            self._live -= len(entries.pop(aid))
         return out
 
     def _compact(self) -> None:

@@ -411,3 +411,44 @@ def test_funding_within_the_allowance_needs_no_new_look_and_beyond_it_does() -> 
     assert ex.breach.entries[T] != entries
     assert ex.allowance[T] == (5_750 * USDC - 3_125_000 - 2_000 * USDC - 3) // 4
     assert ex.check_invariants() == []
+
+
+def test_a_trigger_recomputed_to_the_same_price_is_not_lost() -> None:
+    ex = world()
+    assert rejections(run(ex, Deposit(account_id=L1, asset="USDC", amount=100_000 * USDC,
+                                      deposit_id="l1"),
+                          SetAccountSettings(account_id=T, auto_borrow=True),
+                          order(MM, "BTC-USDC", Side.SELL, BTC, 50_000 * USDC),
+                          order(T, "BTC-USDC", Side.BUY, BTC, 50_000 * USDC,
+                                tif=TimeInForce.IOC))) == []  # fmt: skip
+    # at 44,100 T's cushion is gone (its trigger is the price itself); the oracle then
+    # publishes the same price again: the trigger fires and is put back unchanged
+    run(ex, SetOraclePrices(prices=(("BTC", 44_100 * USDC),)))
+    run(ex, SetOraclePrices(prices=(("BTC", 44_100 * USDC),)))
+    assert ex.breach.entries[T] == (("BTC", 44_100 * USDC, False),)
+    assert any(aid == T for _, aid in ex.breach.falls["BTC"])
+    copy = restore_snapshot(Exchange(ex.config), take_snapshot(ex))
+    crashed = run(ex, SetOraclePrices(prices=(("BTC", 40_000 * USDC),)))
+    assert states(crashed)[0] == ("normal", "liquidating", "no_cure_window")
+    assert run(copy, SetOraclePrices(prices=(("BTC", 40_000 * USDC),)), ts=ex.last_ts) == crashed
+    assert copy.state_hash() == ex.state_hash()
+    assert ex.check_invariants() == []
+
+
+def test_a_lender_whose_share_of_a_loss_leaves_its_orders_unfunded_loses_them() -> None:
+    ex = world()
+    run(ex, Deposit(account_id=L1, asset="USDC", amount=60_000 * USDC, deposit_id="l1"),
+        Deposit(account_id=L2, asset="USDC", amount=40_000 * USDC, deposit_id="l2"),
+        ts=1000)  # fmt: skip
+    # L2 bids 0.8159 BTC at 49,000: it holds 39,995.09 of its 40,000
+    bid = run(ex, order(L2, "BTC-USDC", Side.BUY, 81_590_000, 49_000 * USDC), ts=1000)
+    (placed,) = of(bid, OrderUpdate)
+    long_one_btc(ex)
+    requote(ex, 38_000 * USDC, depth=BTC // 10)
+    events = crash(ex, 38_000 * USDC)
+    assert of(events, BadDebt)[0].socialized == 2_031_516_000
+    cancelled = [e.order for e in of(events, OrderUpdate)
+                 if e.order.order_id == placed.order.order_id]  # fmt: skip
+    assert [(o.status.value, o.cancel_reason) for o in cancelled] == [("cancelled", "margin")]
+    assert ex.accounts[L2].hold("USDC") == 0 and ex.accounts[L2].balance("USDC") > 0
+    assert ex.check_invariants() == []
