@@ -73,7 +73,8 @@ def settle_margins(ex: Exchange) -> None:
     """Look at every account this command may have pushed under (or back over)
     maintenance, until no liquidation moved anyone else."""
     ts = ex._ts
-    for _ in range(64):  # each pass only follows fills of the previous one
+    while True:  # each pass follows the fills of the previous one; it ends because an
+        # account takes at most one liquidation step per command (its deadline moves on)
         todo = ex._touched
         ex._touched = set()
         if ex._prices_moved:
@@ -130,7 +131,8 @@ def review(ex: Exchange, acct: Account) -> None:
         return
     marks = ex._index_marks(fresh=True)
     rates = ex.borrow_rates()
-    m = _health(ex, acct, Level.MAINTENANCE, marks, rates)
+    slopes: dict[str, int] = {}
+    m = _health(ex, acct, Level.MAINTENANCE, marks, rates, slopes=slopes)
     if m is None:  # an index is stale or missing: paused until prices come
         ex.breach.drop(aid)
         ex.allowance.pop(aid, None)
@@ -139,7 +141,7 @@ def review(ex: Exchange, acct: Account) -> None:
     ex.margin_unknown.discard(aid)
     if case is None:
         if m >= 0:
-            index_account(ex, acct, marks, m)
+            index_account(ex, acct, marks, m, slopes)
         else:
             ex.breach.drop(aid)
             ex.allowance.pop(aid, None)
@@ -170,15 +172,23 @@ def _floor(ex: Exchange, equity: int, maintenance: int) -> int:
     return (equity - maintenance) * ex.config.backstop_floor_ppm // PPM
 
 
-def index_account(ex: Exchange, acct: Account, marks: dict[str, int], m: int) -> None:
-    """Triggers from maintenance health with every loan at the highest rate its pool's
-    curve can reach (a bound that rate moves cannot break between re-indexings), less
-    a rounding allowance per perp position (docs/liquidation.md)."""
-    slopes: dict[str, int] = {}
+def index_account(
+    ex: Exchange,
+    acct: Account,
+    marks: dict[str, int],
+    m: int,
+    slopes: dict[str, int] | None = None,
+) -> None:
+    """Triggers from maintenance health `m` (and its `slopes`, if computed) with every
+    loan at the highest rate its pool's curve can reach (a bound that rate moves cannot
+    break between re-indexings), less a rounding allowance per perp position
+    (docs/liquidation.md)."""
     low = m
     if any(b < 0 for b in acct.balances.values()):
+        slopes = {}
         low = _health(ex, acct, Level.MAINTENANCE, marks, ex.max_rates, slopes=slopes) or 0
-    else:
+    elif slopes is None:
+        slopes = {}
         _health(ex, acct, Level.MAINTENANCE, marks, ex.borrow_rates(), slopes=slopes)
     low -= 2 + sum(1 for p in acct.positions.values() if p.size)
     # a quarter of the cushion is kept for funding and interest payments, which then need
@@ -259,7 +269,6 @@ def _liquidate(
     ex: Exchange, acct: Account, marks: dict[str, int], rates: dict[str, int], reason: str
 ) -> None:
     previous = acct.margin.state if acct.margin is not None else MarginState.NORMAL
-    _cancel_orders(ex, acct, everything=True)
     le, _ = _levels(ex, acct, marks, rates)
     case = acct.margin = MarginCase(MarginState.LIQUIDATING, ex._ts, ex._ts, max(-le, 1), 0)
     ex.margin_cases.add(acct.account_id)
@@ -283,15 +292,15 @@ def _end(
 
 
 # -------------------------------------------------------------------- slices
-def _exposures(ex: Exchange, acct: Account) -> tuple[dict[str, tuple[Side, int]], bool]:
-    """What can be unwound, per market: (side of the unwinding order, size); and whether
-    something is left that cannot be now (its market halted or cancel-only)."""
+def _exposures(ex: Exchange, acct: Account) -> tuple[dict[str, tuple[Side, int]], set[str]]:
+    """What can be unwound, per market: (side of the unwinding order, size); and the
+    markets with something left that cannot be unwound now (halted or cancel-only)."""
     out: dict[str, tuple[Side, int]] = {}
-    blocked = False
+    closed: set[str] = set()
     for market, pos in sorted(acct.positions.items()):
         if pos.size:
             if ex.markets[market].state in _CLOSED_STATES:
-                blocked = True
+                closed.add(market)
             else:
                 out[market] = (Side.SELL if pos.size > 0 else Side.BUY, abs(pos.size))
     for asset, bal in sorted(acct.balances.items()):
@@ -303,44 +312,50 @@ def _exposures(ex: Exchange, acct: Account) -> tuple[dict[str, tuple[Side, int]]
         if not size:
             continue  # dust below one lot: nothing can sell it
         if ex.markets[spot].state in _CLOSED_STATES:
-            blocked = True
+            closed.add(spot)
         else:
             out[spot] = (Side.SELL if bal > 0 else Side.BUY, size)
-    return out, blocked
+    return out, closed
 
 
 def _limit(ex: Exchange, market: str, side: Side, marks: dict[str, int]) -> int | None:
-    m = ex.markets[market]
-    spec = m.spec
-    mark = ex._perp_mark(market, marks) if spec.kind is MarketKind.PERP else marks.get(spec.base)
-    if mark is None:
+    """The slice's limit: the index -/+ `liquidation_slippage`, on the tick toward the index.
+    Perps too: health values them at the index, and a perp's mark (up to 10% away) could
+    be pushed by one thin quote to make the fund overpay."""
+    spec = ex.markets[market].spec
+    index = marks.get(spec.base)
+    if index is None:
         return None
     slip, tick = ex.config.liquidation_slippage_ppm, spec.tick
     if side is Side.SELL:
-        return max(ceil_div(ceil_div(mark * (PPM - slip), PPM), tick) * tick, tick)
-    return max(mark * (PPM + slip) // PPM // tick * tick, tick)
+        return max(ceil_div(ceil_div(index * (PPM - slip), PPM), tick) * tick, tick)
+    return max(index * (PPM + slip) // PPM // tick * tick, tick)
 
 
 def _legs(
-    exposures: dict[str, tuple[Side, int]], markets: list[str], share: int, lots: dict[str, int]
+    exposures: dict[str, tuple[Side, int]],
+    markets: list[str],
+    share: int,
+    lots: dict[str, int],
+    whole: int = PPM,
 ) -> list[Leg]:
-    """`share` (ppm) of each market's exposure, rounded up to a lot, at most all of it."""
+    """`share / whole` of each market's exposure, rounded up to a lot, at most all of it."""
     out = []
     for market in markets:
         side, size = exposures[market]
         lot = lots[market]
-        qty = min(ceil_div(ceil_div(size * share, PPM), lot) * lot, size)
+        qty = min(ceil_div(ceil_div(size * share, whole), lot) * lot, size)
         if qty > 0:
             out.append((market, side, qty))
     return out
 
 
 def _outcome(
-    ex: Exchange, acct: Account, legs: list[Leg], limits: dict[str, int], at_mark: bool = False
+    ex: Exchange, acct: Account, legs: list[Leg], limits: dict[str, int], at_index: bool = False
 ) -> dict[str, int]:
     """The balance and position change of `legs` as the book would fill them now (the rest
-    at the limit, by the backstop), fees included; at the mark and without fees with
-    `at_mark` (to rank candidates by the risk they remove)."""
+    at the limit, by the backstop), fees included; at the index and without fees with
+    `at_index` (to rank candidates by the risk they remove)."""
     change: dict[str, int] = {}
     quote = ex._quote
     taker = max(ex._tier(acct).taker_ppm, 0)
@@ -349,10 +364,8 @@ def _outcome(
     for market, side, qty in legs:
         m = ex.markets[market]
         spec = m.spec
-        if at_mark:
-            mark = ex._perp_mark(market, marks) if spec.kind is MarketKind.PERP else (
-                marks.get(spec.base))  # fmt: skip
-            notional, fees = spec.notional(mark or 0, qty), 0
+        if at_index:
+            notional, fees = spec.notional(marks.get(spec.base, 0), qty), 0
         else:
             limit = limits[market]
             got, got_notional = ex._walk(
@@ -372,38 +385,44 @@ def _outcome(
 
 
 def _candidates(
-    ex: Exchange, acct: Account, exposures: dict[str, tuple[Side, int]]
+    ex: Exchange, acct: Account, exposures: dict[str, tuple[Side, int]], closed: set[str]
 ) -> list[list[str]]:
-    """Groups of markets to unwind together, in the order to try them."""
+    """Groups of markets to unwind together, in the order to try them: the plan's hedge
+    groups (none while a member with exposure is closed: it waits for that market),
+    single markets, and markets on one asset unwinding in opposite directions (a hedge
+    the plan did not name). The plan's `order` ranks single markets and its own groups."""
     plan = acct.risk_plan
     grouped: set[str] = set()
-    groups: list[list[str]] = []
+    groups: list[tuple[list[str], bool]] = []  # (markets, ranked by the plan's order)
     for g in plan.hedge_groups:
+        grouped |= set(g)
         members = [m for m in g if m in exposures]
-        if members:
-            groups.append(members)
-            grouped |= set(members)
+        if members and not any(m in closed for m in g):
+            groups.append((members, True))
     by_asset: dict[str, list[str]] = {}
     for market in sorted(exposures):
         if market not in grouped:
-            groups.append([market])
+            groups.append(([market], True))
             by_asset.setdefault(ex.markets[market].spec.base, []).append(market)
-    groups += [ms for _, ms in sorted(by_asset.items()) if len(ms) > 1]
+    for _, ms in sorted(by_asset.items()):
+        if len({exposures[m][0] for m in ms}) > 1:
+            groups.append((ms, False))
     marks = ex._index_marks(fresh=True)
     rates = ex.borrow_rates()
     eq0 = _health(ex, acct, Level.EQUITY, marks, rates) or 0
     m0 = _health(ex, acct, Level.MAINTENANCE, marks, rates) or 0
     lots = {m: ex.markets[m].spec.lot for m in exposures}
 
-    def key(group: list[str]) -> tuple[int, int, int, int, str]:
-        ranked = [plan.order.index(m) for m in group if m in plan.order]
+    def key(item: tuple[list[str], bool]) -> tuple[int, int, int, int, str]:
+        group, rankable = item
+        ranked = [plan.order.index(m) for m in group if m in plan.order] if rankable else []
         kept = [
             plan.keep_last.index(ex.markets[m].spec.base)
             for m in group
             if ex.markets[m].spec.kind is MarketKind.SPOT
             and ex.markets[m].spec.base in plan.keep_last
         ]
-        change = _outcome(ex, acct, _legs(exposures, group, PPM, lots), {}, at_mark=True)
+        change = _outcome(ex, acct, _legs(exposures, group, PPM, lots), {}, at_index=True)
         eq = _health(ex, acct, Level.EQUITY, marks, rates, change) or 0
         m = _health(ex, acct, Level.MAINTENANCE, marks, rates, change) or 0
         freed = (eq0 - m0) - (eq - m)  # maintenance requirement removed
@@ -415,13 +434,14 @@ def _candidates(
         tier = 0 if ranked else (2 if kept else 1)
         return (tier, min(ranked, default=0), min(kept, default=0), -ratio, ",".join(group))
 
-    return sorted(groups, key=key)
+    return [group for group, _ in sorted(groups, key=key)]
 
 
 def _step(
     ex: Exchange, acct: Account, case: MarginCase, marks: dict[str, int], rates: dict[str, int]
 ) -> None:
     """One liquidation step: slices until its aim is reached or nothing helps."""
+    _cancel_orders(ex, acct, everything=True)  # (orders placed since the last step too)
     case.steps += 1
     case.deadline = ex._ts + ex.config.liquidation_step_ms
     le = _health(ex, acct, Level.LIQUIDATION_END, marks, rates)
@@ -432,7 +452,7 @@ def _step(
     for _ in range(2 * len(ex.markets) + 2):
         if le >= 0 or le - start >= aim:
             break
-        exposures, blocked = _exposures(ex, acct)
+        exposures, closed = _exposures(ex, acct)
         if not exposures:
             break
         limits = {}
@@ -443,7 +463,7 @@ def _step(
             limits[market] = limit
         lots = {m: ex.markets[m].spec.lot for m in exposures}
         chosen: list[Leg] | None = None
-        for group in _candidates(ex, acct, exposures):
+        for group in _candidates(ex, acct, exposures, closed):
             full = _legs(exposures, group, PPM, lots)
             gain = _gain(ex, acct, full, limits, marks, rates, le)
             if gain <= 0:
@@ -451,18 +471,23 @@ def _step(
             want = aim - (le - start)
             if gain <= want:
                 chosen = full
-            else:  # the smallest share (ppm) of the group that reaches the aim
-                lo, hi = 0, PPM
+            else:  # the smallest share that reaches the aim, in lots of its largest leg
+                whole = max(exposures[m][1] // lots[m] for m in group)
+                lo, hi = 0, whole
                 while hi - lo > 1:
                     mid = (lo + hi) // 2
-                    legs = _legs(exposures, group, mid, lots)
+                    legs = _legs(exposures, group, mid, lots, whole)
                     if _gain(ex, acct, legs, limits, marks, rates, le) >= want:
                         hi = mid
                     else:
                         lo = mid
-                chosen = _legs(exposures, group, hi, lots)
+                chosen = _legs(exposures, group, hi, lots, whole)
             break
-        if chosen is None:  # nothing on its own helps: unwind everything left
+        if chosen is None:
+            equity = _health(ex, acct, Level.EQUITY, marks, rates)
+            if equity is None or equity > 0:
+                break  # nothing helps now (a thin book, say): the next step tries again
+            # nothing can help an account worth nothing: unwind everything left
             chosen = _legs(exposures, sorted(exposures), PPM, lots)
         for market, side, qty in chosen:
             _slice(ex, acct, case, market, side, qty, limits[market])
@@ -470,8 +495,8 @@ def _step(
         assert new is not None
         le = new
     if le < 0:
-        left, blocked = _exposures(ex, acct)
-        if not left and not blocked:
+        left, closed = _exposures(ex, acct)
+        if not left and not closed:
             _bad_debt(ex, acct)
     rates = ex.borrow_rates()
     le2 = _health(ex, acct, Level.LIQUIDATION_END, marks, rates)

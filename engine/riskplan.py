@@ -45,8 +45,8 @@ def plan_problems(
                 f"cure_window_s must be 0..{max_cure_window_ms // 1000} (the operator's maximum)",
             )
         )
-    if not 0 < plan.max_slice_ppm <= PPM:
-        out.append(("INVALID_RISK_PLAN", "max_slice_pct must be in (0, 100]"))
+    if not PPM // 100 <= plan.max_slice_ppm <= PPM:
+        out.append(("INVALID_RISK_PLAN", "max_slice_pct must be in 1..100"))
     for market in [*plan.order, *(m for group in plan.hedge_groups for m in group)]:
         if market not in markets:
             out.append(("UNKNOWN_MARKET", f"unknown market {market}"))

@@ -14,6 +14,7 @@ from engine.commands import (
     Deposit,
     PlaceOrder,
     SetAccountSettings,
+    SetMarketState,
     SetOraclePrices,
     SetRiskPlan,
     Tick,
@@ -31,8 +32,9 @@ from engine.events import (
 from engine.exchange import Exchange
 from engine.funding import FundingParams
 from engine.markets import default_config
+from engine.risk import AssetRisk, Level
 from engine.snapshot import restore_snapshot, take_snapshot
-from engine.types import LedgerReason, Reject, Side, TimeInForce
+from engine.types import LedgerReason, MarginState, MarketState, Reject, Side, TimeInForce
 from tests.engine_helpers import rejections
 from tests.engine_helpers import run as apply_all
 
@@ -452,3 +454,129 @@ def test_a_lender_whose_share_of_a_loss_leaves_its_orders_unfunded_loses_them() 
     assert [(o.status.value, o.cancel_reason) for o in cancelled] == [("cancelled", "margin")]
     assert ex.accounts[L2].hold("USDC") == 0 and ex.accounts[L2].balance("USDC") > 0
     assert ex.check_invariants() == []
+
+
+# ------------------------------------------------ from the second read (each failed before)
+def long_two_btc(ex: Exchange, *more: Command) -> None:
+    """T holds 0.2 BTC spot and buys 2 BTC-PERP at 50,000: at 44,000 it is breached."""
+    assert rejections(run(ex, Deposit(account_id=T, asset="BTC", amount=BTC // 5,
+                                      deposit_id="tb"),
+                          order(MM, PERP, Side.SELL, 2 * BTC, 50_000 * USDC),
+                          order(T, PERP, Side.BUY, 2 * BTC, 50_000 * USDC, tif=TimeInForce.IOC),
+                          *more, ts=1000)) == []  # fmt: skip
+
+
+def test_orders_placed_while_liquidating_are_cancelled_by_the_next_step() -> None:
+    ex = world()
+    long_two_btc(ex, plan(slice_ppm=100_000, order_=("BTC-USDC",)))
+    requote(ex, 44_000 * USDC, depth=10 * BTC)
+    assert rejections(run(ex, order(MM, "BTC-USDC", Side.BUY, 10 * BTC, 43_900 * USDC),
+                          ts=1500)) == []  # fmt: skip
+    assert states(crash(ex, 44_000 * USDC)) == [("normal", "liquidating", "no_cure_window")]
+    # the trader offers what BTC is left (it raises initial health: accepted)
+    left = ex.accounts[T].balance("BTC")
+    assert rejections(run(ex, order(T, "BTC-USDC", Side.SELL, left, 46_000 * USDC))) == []
+    step = run(ex, Tick(), ts=3000)
+    assert [(e.order.cancel_reason) for e in of(step, OrderUpdate)][0] == "liquidation"
+    assert ex.accounts[T].hold("BTC") == 0 and not ex.accounts[T].live
+    assert ex.check_invariants() == []
+
+
+def test_the_plan_order_is_kept_when_legs_on_one_asset_point_the_same_way() -> None:
+    ex = world()
+    long_two_btc(ex, plan(order_=("BTC-USDC",)))
+    requote(ex, 44_000 * USDC, depth=10 * BTC)
+    assert rejections(run(ex, order(MM, "BTC-USDC", Side.BUY, 10 * BTC, 43_900 * USDC),
+                          ts=1500)) == []  # fmt: skip
+    events = crash(ex, 44_000 * USDC)
+    # the spot first, all of it, as the plan says (not a pro rata pair with the long perp)
+    assert [e.market for e in of(events, LiquidationSlice)][0] == "BTC-USDC"
+    assert ex.accounts[T].balance("BTC") == 0
+    assert ex.check_invariants() == []
+
+
+def test_a_hedge_group_waits_for_a_closed_member_market() -> None:
+    ex = world()
+    assert rejections(run(ex, Deposit(account_id=T, asset="BTC", amount=BTC, deposit_id="tb"),
+                          plan(groups=(("BTC-USDC", PERP),)),
+                          order(MM, PERP, Side.BUY, 3 * BTC, 50_000 * USDC),
+                          order(T, PERP, Side.SELL, 3 * BTC, 50_000 * USDC,
+                                tif=TimeInForce.IOC), ts=1000)) == []  # fmt: skip
+    requote(ex, 76_000 * USDC, depth=10 * BTC)
+    run(ex, SetMarketState(market="BTC-USDC", state=MarketState.HALTED), ts=1600)
+    events = crash(ex, 76_000 * USDC)
+    assert states(events) == [("normal", "liquidating", "no_cure_window")]
+    assert of(events, LiquidationSlice) == []  # not the perp leg alone
+    assert ex.accounts[T].positions[PERP].size == -3 * BTC
+    run(ex, SetMarketState(market="BTC-USDC", state=MarketState.OPEN), ts=2500)
+    assert rejections(run(ex, order(MM, "BTC-USDC", Side.BUY, 10 * BTC, 75_900 * USDC),
+                          ts=2600)) == []  # fmt: skip
+    step = run(ex, Tick(), ts=3000)
+    assert {e.market for e in of(step, LiquidationSlice)} == {"BTC-USDC", PERP}
+    assert ex.check_invariants() == []
+
+
+def test_a_thin_quote_far_from_the_index_does_not_move_the_slice_limit() -> None:
+    ex = world()
+    long_one_btc(ex, Deposit(account_id=L1, asset="USDC", amount=1_000 * USDC, deposit_id="l1"))
+    # one lot each side 10% above where BTC is going pulls the perp mark up there
+    assert rejections(run(ex, order(L1, PERP, Side.BUY, 10_000, 47_300 * USDC),
+                          order(L1, PERP, Side.SELL, 10_000, 47_400 * USDC), ts=1500)) == []
+    (s,) = of(crash(ex, 43_000 * USDC), LiquidationSlice)
+    assert s.limit_price == 42_140 * USDC  # the index - 2%, not the pushed mark's
+    fund = ex.accounts[INSURANCE].positions[PERP]
+    assert fund.open_notional == 42_140 * USDC * fund.size // BTC  # taken over at the limit
+    assert ex.check_invariants() == []
+
+
+def test_a_chain_of_liquidations_longer_than_any_pass_limit_ends_in_the_same_command() -> None:
+    """71 accounts, each breached by its own liquidation's fills: account k's slice sells
+    BTC-PERP into account k+1's stale bid, which breaches it in turn."""
+    n = 70
+    risk = dict(default_config().risk)
+    for a in ("BTC", "ETH"):
+        risk[a] = AssetRisk(120_000, 80_000, 80_000, 5_000)  # liquidation-end = maintenance
+    ex = Exchange(dataclasses.replace(default_config(), oracle_stale_ms=10**12, risk=risk,
+                                      funding=FundingParams(10**9, 10**9, 1)))  # fmt: skip
+    LOG[id(ex)] = []
+    run(ex, CreateAccount(name="mm", api_key="mm", api_secret="s"),
+        Deposit(account_id=MM, asset="USDC", amount=10**8 * USDC, deposit_id="mm"),
+        SetOraclePrices(prices=(("BTC", 50_000 * USDC), ("ETH", 3_000 * USDC))),
+        ts=1000)  # fmt: skip
+    ids = list(range(MM + 1, MM + n + 2))
+    for i in range(len(ids)):
+        run(ex, CreateAccount(name=f"a{i}", api_key=f"a{i}", api_secret="s"), ts=1000)
+    first = ids[0]
+    assert rejections(run(ex, Deposit(account_id=first, asset="USDC", amount=26_100 * USDC,
+                                      deposit_id="a0"),
+                          order(MM, PERP, Side.SELL, 2 * BTC, 50_000 * USDC),
+                          order(first, PERP, Side.BUY, 2 * BTC, 50_000 * USDC,
+                                tif=TimeInForce.IOC), ts=1000)) == []  # fmt: skip
+    for i, aid in enumerate(ids[1:], 1):
+        assert rejections(run(
+            ex, Deposit(account_id=aid, asset="USDC", amount=5_100 * USDC, deposit_id=f"a{i}"),
+            order(MM, "ETH-PERP", Side.SELL, 10 * ETH, 3_000 * USDC),
+            order(aid, "ETH-PERP", Side.BUY, 10 * ETH, 3_000 * USDC, tif=TimeInForce.IOC),
+            order(aid, PERP, Side.BUY, BTC // 5, (49_990 - 10 * i) * USDC),
+            SetRiskPlan(account_id=aid, cure_window_ms=0, max_slice_ppm=1_000_000,
+                        order=(PERP,), hedge_groups=(), keep_last=()), ts=1000)) == []
+    # ETH to where accounts 1..n have about 1 USDC of maintenance left
+    rates = ex.borrow_rates()
+
+    def cushion(eth: int) -> int | None:
+        b, p = ex._portfolio(ex.accounts[ids[1]], {})
+        return ex._health_of(b, p, rates, Level.MAINTENANCE, {"BTC": 50_000 * USDC, "ETH": eth})
+
+    lo, hi = 2_000 * USDC, 3_000 * USDC
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if (cushion(mid) or 0) >= USDC else (mid, hi)
+    run(ex, SetOraclePrices(prices=(("ETH", hi),)), ts=1500)
+    events = crash(ex, 40_000 * USDC)
+    liquidated = {e.account_id for e in of(events, MarginStateChanged)
+                  if e.state is MarginState.LIQUIDATING}  # fmt: skip
+    assert liquidated == set(ids)
+    assert ex._touched == set() and ex.check_invariants() == []
+    copy = restore_snapshot(Exchange(ex.config), take_snapshot(ex))
+    assert run(ex, Tick(), ts=2500) == run(copy, Tick(), ts=2500)
+    assert copy.state_hash() == ex.state_hash()

@@ -45,7 +45,7 @@ def test_a_plan_is_set_replaced_and_kept_in_snapshots() -> None:
     [
         ({"cure_window_ms": 301_000}, Reject.INVALID_RISK_PLAN,
          "cure_window_s must be 0..300 (the operator's maximum)"),
-        ({"max_slice_ppm": 0}, Reject.INVALID_RISK_PLAN, "max_slice_pct must be in (0, 100]"),
+        ({"max_slice_ppm": 0}, Reject.INVALID_RISK_PLAN, "max_slice_pct must be in 1..100"),
         ({"order": ("DOGE-PERP",)}, Reject.UNKNOWN_MARKET, "unknown market DOGE-PERP"),
         ({"order": ("BTC-PERP", "BTC-PERP")}, Reject.INVALID_RISK_PLAN,
          "a market is listed twice in order"),
