@@ -158,6 +158,49 @@ async def test_without_a_window_the_book_takes_slices_to_liquidation_end(
     await mm.client.cancel_all()
 
 
+async def test_an_expired_window_follows_the_plan_order_and_the_floor_skips_the_window(
+    server: ServerProcess, admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    await admin.set_oracle_prices({"BTC": "50000", "ETH": "2600"})
+    mm = await make_trader({"USDC": "1000000"})
+    called = await make_trader({"USDC": "14000"})  # a margin call, then slices
+    floored = await make_trader({"USDC": "10000"})  # under the floor: slices at once
+    await called.client.set_risk_plan({"cure_window_s": 1, "order": ["ETH-PERP"]})
+    await floored.client.set_risk_plan({"cure_window_s": 60})
+    await open_long(mm, called, "BTC-PERP", "50000", "1")
+    await open_long(mm, called, "ETH-PERP", "2600", "5")
+    await open_long(mm, floored, "BTC-PERP", "50000", "1")
+    await quote(mm, "BTC-PERP", "41490", "41510", "10")
+    await quote(mm, "ETH-PERP", "2235", "2237", "100")
+    got: dict[str, list[dict[str, Any]]] = {}
+    async with (
+        await ExchangeWebSocket(request_timeout=5).connect(server.ws_url) as ws1,
+        await ExchangeWebSocket(request_timeout=5).connect(server.ws_url) as ws2,
+    ):
+        for ws, who in ((ws1, called), (ws2, floored)):
+            await ws.auth(who.api_key, who.api_secret)
+            await ws.subscribe(["margin"])
+        # equity 3,680 against a 4,477 requirement for the called trader (above half of it);
+        # 1,480 against 3,527 for the other (under half)
+        await admin.set_oracle_prices({"BTC": "41500", "ETH": "2236"})
+        for ws, who in ((ws1, called), (ws2, floored)):
+            got[who.account_id] = msgs = []
+            while not msgs or msgs[-1].get("state") != "normal":
+                msgs.append(await ws.recv(timeout=5))
+    first = got[called.account_id]
+    assert [(m["type"], m.get("state"), m.get("reason")) for m in first[:2]] == [
+        ("margin_call", "margin_call", "maintenance_below_zero"),
+        ("margin_state", "liquidating", "cure_window_expired")]  # fmt: skip
+    assert first[1]["ts"] - first[0]["ts"] >= 1000
+    markets = [m["market"] for m in first if m["type"] == "liquidation"]
+    assert markets[0] == "ETH-PERP" and markets[-1] == "BTC-PERP"  # the plan's order
+    account = await called.client.account()
+    assert position(account, "ETH-PERP") == 0 and position(account, "BTC-PERP") > 0
+    other = got[floored.account_id]
+    assert (other[0]["state"], other[0]["reason"]) == ("liquidating", "below_backstop_floor")
+    await mm.client.cancel_all()
+
+
 async def test_a_thin_book_then_bad_debt_go_to_the_insurance_fund_then_the_lenders(
     admin: AsyncExchangeClient, make_trader: MakeTrader
 ) -> None:
