@@ -211,11 +211,18 @@ def test_a_margin_call_is_cured_by_a_hedge_inside_the_window() -> None:
     assert ex.check_invariants() == []
 
 
-def test_the_window_expires_into_liquidation() -> None:
+def called_at_43k() -> Exchange:
+    """T, long 1 BTC-PERP with a 60 s cure window, margin-called by a fall to 43,000."""
     ex = world()
     long_one_btc(ex, plan(window_ms=60_000))
     requote(ex, 43_000 * USDC)
-    crash(ex, 43_000 * USDC)
+    assert states(crash(ex, 43_000 * USDC)) == [
+        ("normal", "margin_call", "maintenance_below_zero")]  # fmt: skip
+    return ex
+
+
+def test_the_window_expires_into_liquidation() -> None:
+    ex = called_at_43k()
     assert run(ex, Tick(), ts=61_999) == []
     events = run(ex, Tick(), ts=62_000)
     assert states(events) == [("margin_call", "liquidating", "cure_window_expired"),
@@ -350,10 +357,7 @@ def test_with_the_fund_empty_suppliers_share_the_loss_pro_rata() -> None:
 
 
 def test_margin_cases_and_the_breach_index_survive_a_snapshot() -> None:
-    ex = world()
-    long_one_btc(ex, plan(window_ms=60_000))
-    requote(ex, 43_000 * USDC)
-    crash(ex, 43_000 * USDC)
+    ex = called_at_43k()
     copy = restore_snapshot(Exchange(ex.config), take_snapshot(ex))
     assert copy.state_hash() == ex.state_hash()
     assert copy.margin_cases == {T} and copy.breach.entries == ex.breach.entries
