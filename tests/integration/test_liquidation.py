@@ -269,3 +269,40 @@ async def _bad_debt_of(admin: AsyncExchangeClient, account_id: str) -> dict[str,
     fund = await admin.insurance()
     hit = [r for r in fund["history"] if r["kind"] == "bad_debt" and r["account_id"] == account_id]
     return fund if hit else None
+
+
+async def test_a_hedge_group_is_unwound_pro_rata(
+    server: ServerProcess, admin: AsyncExchangeClient, make_trader: MakeTrader
+) -> None:
+    await admin.set_oracle_prices({"BTC": "50000"})
+    await make_trader({"USDC": "100000"})  # a lender: its USDC supplies the pool
+    mm = await make_trader({"USDC": "1000000", "BTC": "30"})
+    trader = await make_trader({"USDC": "10000"})
+    await trader.client.update_settings(auto_borrow=True)
+    await trader.client.set_risk_plan({"hedge_groups": [["BTC-USDC", "BTC-PERP"]]})
+    # 1 BTC spot on a ~40,000 USDC loan, half of it hedged by a short perp
+    await mm.client.place_order(market="BTC-USDC", side="sell", price="50000", size="1")
+    await trader.client.place_order(market="BTC-USDC", side="buy", price="50000", size="1",
+                                    time_in_force="ioc")  # fmt: skip
+    await mm.client.place_order(market="BTC-PERP", side="buy", price="50000", size="0.5")
+    await trader.client.place_order(market="BTC-PERP", side="sell", price="50000", size="0.5",
+                                    time_in_force="ioc")  # fmt: skip
+    await quote(mm, "BTC-PERP", "31990", "32010", "20")
+    await quote(mm, "BTC-USDC", "31990", "32010", "20")
+    async with await ExchangeWebSocket(request_timeout=5).connect(server.ws_url) as ws:
+        await ws.auth(trader.api_key, trader.api_secret)
+        await ws.subscribe(["margin"])
+        await admin.set_oracle_prices({"BTC": "32000"})
+        got: list[dict[str, Any]] = []
+        while not got or got[-1].get("state") != "normal":
+            got.append(await ws.recv(timeout=5))
+    slices = {m["market"]: m for m in got if m["type"] == "liquidation"}
+    assert set(slices) == {"BTC-USDC", "BTC-PERP"}  # both legs, in one step
+    assert {m["step"] for m in slices.values()} == {1}
+    spot, perp = Decimal(slices["BTC-USDC"]["size"]), Decimal(slices["BTC-PERP"]["size"])
+    assert (slices["BTC-USDC"]["side"], slices["BTC-PERP"]["side"]) == ("sell", "buy")
+    assert 0 <= 2 * perp - spot <= Decimal("0.0001")  # the same share of each (one lot)
+    account = await trader.client.account()
+    assert balance(account, "BTC") == 1 - spot
+    assert position(account, "BTC-PERP") == -(Decimal("0.5") - perp)
+    await mm.client.cancel_all()
