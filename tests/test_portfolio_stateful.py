@@ -39,13 +39,21 @@ from engine.commands import (
     Tick,
     Withdraw,
 )
-from engine.events import FundingSettled, OrderUpdate, PositionChanged, Rejected, Transfer
+from engine.events import (
+    FundingSettled,
+    LiquidationSlice,
+    MarginStateChanged,
+    OrderUpdate,
+    PositionChanged,
+    Rejected,
+    Transfer,
+)
 from engine.exchange import Exchange
 from engine.funding import FundingParams
 from engine.markets import default_config
 from engine.snapshot import take_snapshot
 from engine.triggers import STOP_TYPES
-from engine.types import LedgerReason, OrderStatus, OrderType, Side, TimeInForce
+from engine.types import LedgerReason, MarginState, OrderStatus, OrderType, Side, TimeInForce
 
 USDC = 10**6
 TRADERS = (1000, 1001, 1002, 1003)
@@ -93,7 +101,7 @@ class PortfolioMachine(RuleBasedStateMachine):
         self.ex = Exchange(config())  # type: ignore[arg-type]
         self.ts = 1_000
         self.settled = {"funding": 0, "interest": 0, "rejected": 0, "perp_fills": 0,
-                        "triggered": 0, "loans": 0}  # fmt: skip
+                        "triggered": 0, "loans": 0, "margin_calls": 0, "slices": 0}  # fmt: skip
 
     def run(self, cmd: Command, step_ms: int = 7) -> None:
         self.ts += step_ms
@@ -112,6 +120,10 @@ class PortfolioMachine(RuleBasedStateMachine):
                 self.settled["rejected"] += 1
             elif isinstance(e, PositionChanged):
                 self.settled["perp_fills"] += 1
+            elif isinstance(e, MarginStateChanged) and e.previous is MarginState.NORMAL:
+                self.settled["margin_calls"] += 1
+            elif isinstance(e, LiquidationSlice):
+                self.settled["slices"] += 1
             elif (
                 isinstance(e, OrderUpdate)
                 and e.order.type in STOP_TYPES
@@ -252,8 +264,8 @@ TestPortfolioMachine.settings = settings(
 
 def test_a_seeded_run_reaches_every_part_of_the_account() -> None:
     """Guard the meaning of the machine: one seeded run of its rules (invariants after
-    every command) must trade perps, borrow, settle funding and interest and trigger
-    stops."""
+    every command) must trade perps, borrow, settle funding and interest, trigger
+    stops and liquidate."""
     rng = random.Random(20261121)
     m = PortfolioMachine()
     m.setup()
@@ -285,3 +297,4 @@ def test_a_seeded_run_reaches_every_part_of_the_account() -> None:
     assert total["perp_fills"] > 20, total
     assert total["triggered"] > 0, total
     assert total["loans"] > 5, total
+    assert total["margin_calls"] > 0 and total["slices"] > 0, total  # liquidation too
