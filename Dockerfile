@@ -33,6 +33,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     EXCHANGE_HOST=0.0.0.0 \
     EXCHANGE_PORT=8000 \
     EXCHANGE_DATA_DIR=/data \
+    EXCHANGE_LOG_FORMAT=json \
     EXCHANGE_ENGINE=native
 WORKDIR /app
 USER exchange

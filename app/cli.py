@@ -16,6 +16,7 @@ import sys
 import uuid
 from typing import Any
 
+from app import logs
 from app.config import Settings
 
 
@@ -74,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=os.environ.get("EXCHANGE_LOG_LEVEL", "info").lower(),
+        log_config=None,  # uvicorn's loggers go through ours (app/logs.py: text or JSON)
         ws="websockets-sansio",
     )
     return 0
@@ -293,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("EXCHANGE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    logs.configure(
+        os.environ.get("EXCHANGE_LOG_LEVEL", "INFO"),
+        os.environ.get("EXCHANGE_LOG_FORMAT", "text").strip().lower() or "text",
     )
     for noisy in ("alembic", "httpx", "httpcore"):  # per-request logs are noise in a CLI
         logging.getLogger(noisy).setLevel(logging.WARNING)

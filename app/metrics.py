@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from app.sequencer import Histogram
+
 if TYPE_CHECKING:
     from app.runtime import Runtime
 
-COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+def histogram(lines: list[str], name: str, help_text: str, h: Histogram) -> None:
+    """A cumulative Prometheus histogram: counts at or under each bound, +Inf, sum, count."""
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} histogram")
+    for bound, n in zip(h.bounds, h.counts, strict=True):
+        lines.append(f'{name}_bucket{{le="{bound}"}} {n}')
+    lines.append(f'{name}_bucket{{le="+Inf"}} {h.count}')
+    lines.append(f"{name}_sum {round(h.sum, 6)}")
+    lines.append(f"{name}_count {h.count}")
 
 
 def render_metrics(rt: Runtime) -> str:
@@ -38,8 +48,8 @@ def render_metrics(rt: Runtime) -> str:
         metric(
             "exchange_commands_total",
             "counter",
-            "commands committed by type",
-            [(f'{{type="{t}"}}', n) for t, n in sorted(st.by_type.items())],
+            "commands applied, by type and result (rejected: the command itself was refused)",
+            [(f'{{type="{t}",result="{r}"}}', n) for (t, r), n in sorted(st.by_type.items())],
         )
         metric("exchange_batches_total", "counter", "group commits", [("", st.batches)])
         metric(
@@ -66,16 +76,8 @@ def render_metrics(rt: Runtime) -> str:
             "time spent in engine.apply",
             [("", round(st.apply_seconds_total, 6))],
         )
-        samples = st.commit_seconds
-        hist: list[tuple[str, float]] = []
-        for b in COMMIT_BUCKETS:
-            hist.append((f'_bucket{{le="{b}"}}', sum(1 for s in samples if s <= b)))
-        hist.append(('_bucket{le="+Inf"}', len(samples)))
-        hist.append(("_sum", round(sum(samples), 6)))
-        hist.append(("_count", len(samples)))
-        lines.append("# HELP exchange_commit_seconds journal commit latency (recent window)")
-        lines.append("# TYPE exchange_commit_seconds histogram")
-        lines += [f"exchange_commit_seconds{suffix} {v}" for suffix, v in hist]
+        histogram(lines, "exchange_commit_seconds", "journal commit latency", st.commit_seconds)
+        histogram(lines, "exchange_batch_size", "commands per group commit", st.batch_sizes)
     hm = rt.hub.metrics
     metric("exchange_ws_clients", "gauge", "connected WebSocket clients", [("", hm.connections)])
     metric(

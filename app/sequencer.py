@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from app import logs
 from engine.commands import Command, Tick, stamp
-from engine.events import Event
+from engine.events import BatchItem, Event, Rejected
 from engine.exchange import Exchange
 
 log = logging.getLogger("exchange.sequencer")
@@ -49,15 +50,50 @@ class _Item:
     query: Callable[[Exchange], Any] | None = None
 
 
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative counts per upper bound, sum and count."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * len(self.bounds)  # observations <= each bound
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+
 @dataclass(slots=True)
 class SequencerStats:
     commands: int = 0
     batches: int = 0
     last_batch_size: int = 0
-    commit_seconds: list[float] = field(default_factory=list)
+    commit_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS))
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     apply_seconds_total: float = 0.0
     commit_failures: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
+    # (command type, "accepted" | "rejected") -> commands applied
+    by_type: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def _refused(events: Sequence[Event]) -> bool:
+    """Was the command itself refused (not one item of a batch)?"""
+    for e in events:
+        if isinstance(e, BatchItem):
+            return False
+        if isinstance(e, Rejected):
+            return True
+    return False
 
 
 class Sequencer:
@@ -149,8 +185,8 @@ class Sequencer:
             self.seq, self.last_ts = seq, ts
             entries.append((seq, ts, cmd, events))
             owners.append(item)
-            name = type(cmd).__name__
-            self.stats.by_type[name] = self.stats.by_type.get(name, 0) + 1
+            key = (type(cmd).__name__, "rejected" if _refused(events) else "accepted")
+            self.stats.by_type[key] = self.stats.by_type.get(key, 0) + 1
         self.stats.apply_seconds_total += time.perf_counter() - t0
         if entries:
             t1 = time.perf_counter()
@@ -169,13 +205,12 @@ class Sequencer:
                 return
             elapsed = time.perf_counter() - t1
             stats = self.stats
-            stats.commit_seconds.append(elapsed)
-            if len(stats.commit_seconds) > 10_000:
-                del stats.commit_seconds[:5_000]
+            stats.commit_seconds.observe(elapsed)
+            stats.batch_sizes.observe(len(entries))
             stats.commands += len(entries)
             stats.batches += 1
             stats.last_batch_size = len(entries)
-            self.committed_seq = entries[-1][0]
+            self.committed_seq = logs.STATE.seq = entries[-1][0]
             try:
                 self._publish(entries)
             except Exception:  # a read-model bug must not lose acknowledgements

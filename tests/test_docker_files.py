@@ -68,7 +68,8 @@ def test_the_runtime_serves_on_all_interfaces_with_the_compiled_engine_and_a_hea
     runtime = dict(stages()[1][1])
     env = runtime["ENV"]
     for setting in ("EXCHANGE_HOST=0.0.0.0", "EXCHANGE_PORT=8000", "EXCHANGE_DATA_DIR=/data",
-                    "EXCHANGE_ENGINE=native", "PATH=/opt/venv/bin:$PATH"):  # fmt: skip
+                    "EXCHANGE_ENGINE=native", "EXCHANGE_LOG_FORMAT=json",
+                    "PATH=/opt/venv/bin:$PATH"):  # fmt: skip
         assert setting in env.split(), setting
     assert runtime["EXPOSE"] == "8000"
     assert runtime["CMD"] == '["exchange", "serve"]'
