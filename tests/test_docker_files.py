@@ -133,3 +133,22 @@ def test_prometheus_is_optional_and_scrapes_the_servers_metrics() -> None:
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == ["exchange:8000"]
+
+
+def test_locust_is_optional_and_runs_the_repositorys_locustfile_against_the_server() -> None:
+    services = compose()["services"]
+    load = services["locust"]
+    assert load["profiles"] == ["load"]
+    assert load["depends_on"] == {"exchange": {"condition": "service_healthy"}}
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in load["volumes"]}
+    assert mounts == {"/mnt/locust/loadtests": "./loadtests",
+                      "/mnt/locust/exchange_client": "./exchange_client"}  # fmt: skip
+    for host_path in mounts.values():
+        assert (ROOT / host_path).is_dir()
+    command = load["command"]
+    locustfile = command[command.index("-f") + 1]
+    assert locustfile == "/mnt/locust/loadtests/locustfile.py"
+    assert (ROOT / "loadtests" / "locustfile.py").is_file()
+    assert command[command.index("--host") + 1] == "http://exchange:8000"
+    assert load["environment"]["PYTHONPATH"] == "/mnt/locust"
+    assert {"EXCHANGE_ADMIN_KEY", "EXCHANGE_ADMIN_SECRET"} <= set(load["environment"])
