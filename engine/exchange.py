@@ -65,7 +65,7 @@ from engine.lending import (
     supply_rate_ppm,
     utilization_ppm,
 )
-from engine.liquidation import settle_margins
+from engine.liquidation import at_risk, settle_margins
 from engine.margin_index import BreachIndex
 from engine.markets import ExchangeConfig, FeeTier, MarketSpec
 from engine.oracle import Oracle
@@ -543,15 +543,7 @@ class Exchange:
 
     def _has_exposure(self, acct: Account) -> bool:
         """Does the account's margin matter: a loan, an open position or a perp order?"""
-        if acct.perp_orders:
-            return True
-        for balance in acct.balances.values():  # (plain loops: this runs for every order)
-            if balance < 0:
-                return True
-        for pos in acct.positions.values():  # noqa: SIM110 (measured: faster compiled)
-            if pos.size:
-                return True
-        return False
+        return bool(acct.perp_orders) or at_risk(acct)
 
     def _check_margin(
         self,
@@ -1352,13 +1344,28 @@ class Exchange:
         acct = self._account(cmd.account_id)
         if cmd.market is not None and cmd.market not in self.markets:
             raise _Refused(Reject.UNKNOWN_MARKET, f"unknown market {cmd.market}")
+        self._cancel_orders_of(acct, cmd.reason, cmd.market)
+
+    def _cancel_orders_of(
+        self,
+        acct: Account,
+        reason: CancelReason | None,
+        market: str | None = None,
+        keep_reduce_only: bool = False,
+    ) -> None:
+        """Cancel the account's live orders (waiting stops too), oldest first: all of them or
+        one market's, reduce-only ones kept if asked; never those of a halted market (they
+        wait with it). Cancel-all, the dead-man switch and margin calls use it."""
         for oid in sorted(acct.live):
-            o = acct.live[oid]
-            if cmd.market is not None and o.market != cmd.market:
+            o = acct.live.get(oid)
+            if (
+                o is None
+                or (market is not None and o.market != market)
+                or (keep_reduce_only and o.reduce_only)
+                or self.markets[o.market].state is MarketState.HALTED
+            ):
                 continue
-            if self.markets[o.market].state is MarketState.HALTED:
-                continue
-            self._cancel_resting(o, cmd.reason, OrderStatus.CANCELLED)
+            self._cancel_resting(o, reason, OrderStatus.CANCELLED)
 
     def _batch_cancel(self, cmd: c.BatchCancel) -> None:
         if len(cmd.cancels) > self.config.max_batch:
@@ -1716,11 +1723,7 @@ class Exchange:
         """Cancel every order (waiting stops too) of each account whose switch ran out."""
         for aid in sorted(a for a, deadline in self.dead_man.items() if deadline <= ts):
             del self.dead_man[aid]
-            acct = self.accounts[aid]
-            for oid in sorted(acct.live):
-                o = acct.live[oid]
-                if self.markets[o.market].state is not MarketState.HALTED:
-                    self._cancel_resting(o, CancelReason.DEAD_MAN, OrderStatus.CANCELLED)
+            self._cancel_orders_of(self.accounts[aid], CancelReason.DEAD_MAN)
             self._events.append(DeadManSwitch(aid, None, True, ts))
 
     def _set_risk_plan(self, cmd: c.SetRiskPlan) -> None:

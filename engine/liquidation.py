@@ -53,7 +53,6 @@ from engine.types import (
     MarginState,
     MarketKind,
     MarketState,
-    OrderStatus,
     OrderType,
     Side,
     StpMode,
@@ -102,10 +101,13 @@ def settle_margins(ex: Exchange) -> None:
 
 def at_risk(acct: Account) -> bool:
     """Can this account's maintenance health be below 0: does it owe or hold a position?"""
-    for bal in acct.balances.values():
+    for bal in acct.balances.values():  # (plain loops: this runs for every order)
         if bal < 0:
             return True
-    return any(p.size for p in acct.positions.values())
+    for pos in acct.positions.values():  # noqa: SIM110 (measured: faster compiled)
+        if pos.size:
+            return True
+    return False
 
 
 def _health(
@@ -236,13 +238,9 @@ def _event(
 
 
 def _cancel_orders(ex: Exchange, acct: Account, everything: bool) -> None:
+    """A margin call cancels what adds risk (all but reduce-only), liquidation everything."""
     reason = CancelReason.LIQUIDATION if everything else CancelReason.MARGIN_CALL
-    for oid in sorted(acct.live):
-        o = acct.live.get(oid)
-        if o is None or (o.reduce_only and not everything):
-            continue
-        if ex.markets[o.market].state is not MarketState.HALTED:
-            ex._cancel_resting(o, reason, OrderStatus.CANCELLED)
+    ex._cancel_orders_of(acct, reason, keep_reduce_only=not everything)
 
 
 def _breached(

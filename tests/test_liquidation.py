@@ -88,6 +88,16 @@ def long_one_btc(ex: Exchange, *more: Command) -> None:
                           *more, ts=1000)) == []  # fmt: skip
 
 
+def spot_on_a_loan(ex: Exchange, *more: Command) -> None:
+    """T buys 1 BTC spot at 50,000 with auto_borrow: a ~40,030 USDC loan from L1's supply."""
+    assert rejections(run(ex, Deposit(account_id=L1, asset="USDC", amount=100_000 * USDC,
+                                      deposit_id="l1"),
+                          SetAccountSettings(account_id=T, auto_borrow=True),
+                          order(MM, "BTC-USDC", Side.SELL, BTC, 50_000 * USDC),
+                          order(T, "BTC-USDC", Side.BUY, BTC, 50_000 * USDC,
+                                tif=TimeInForce.IOC), *more, ts=1000)) == []  # fmt: skip
+
+
 def requote(ex: Exchange, mid: int, depth: int = BTC, market: str = PERP) -> None:
     """The maker quotes `depth` at mid -/+ 100 on `market`."""
     assert rejections(run(ex, CancelAll(account_id=MM, market=market),
@@ -269,15 +279,9 @@ def test_slices_follow_the_plan_order() -> None:
 def test_a_hedge_group_is_reduced_pro_rata() -> None:
     ex = world()
     # 1 BTC spot on a 40,030 USDC loan, half of it hedged by a short perp
-    assert rejections(run(ex, Deposit(account_id=L1, asset="USDC", amount=100_000 * USDC,
-                                      deposit_id="l1"),
-                          SetAccountSettings(account_id=T, auto_borrow=True),
-                          order(MM, "BTC-USDC", Side.SELL, BTC, 50_000 * USDC),
-                          order(T, "BTC-USDC", Side.BUY, BTC, 50_000 * USDC,
-                                tif=TimeInForce.IOC),
-                          order(MM, PERP, Side.BUY, BTC // 2, 50_000 * USDC),
-                          order(T, PERP, Side.SELL, BTC // 2, 50_000 * USDC, tif=TimeInForce.IOC),
-                          plan(groups=(("BTC-USDC", PERP),)), ts=1000)) == []  # fmt: skip
+    spot_on_a_loan(ex, order(MM, PERP, Side.BUY, BTC // 2, 50_000 * USDC),
+                   order(T, PERP, Side.SELL, BTC // 2, 50_000 * USDC, tif=TimeInForce.IOC),
+                   plan(groups=(("BTC-USDC", PERP),)))  # fmt: skip
     requote(ex, 32_000 * USDC, depth=10 * BTC)
     requote(ex, 32_000 * USDC, depth=10 * BTC, market="BTC-USDC")
     events = crash(ex, 32_000 * USDC)
@@ -421,12 +425,7 @@ def test_funding_within_the_allowance_needs_no_new_look_and_beyond_it_does() -> 
 
 def test_a_trigger_recomputed_to_the_same_price_is_not_lost() -> None:
     ex = world()
-    assert rejections(run(ex, Deposit(account_id=L1, asset="USDC", amount=100_000 * USDC,
-                                      deposit_id="l1"),
-                          SetAccountSettings(account_id=T, auto_borrow=True),
-                          order(MM, "BTC-USDC", Side.SELL, BTC, 50_000 * USDC),
-                          order(T, "BTC-USDC", Side.BUY, BTC, 50_000 * USDC,
-                                tif=TimeInForce.IOC))) == []  # fmt: skip
+    spot_on_a_loan(ex)
     # at 44,100 T's cushion is gone (its trigger is the price itself); the oracle then
     # publishes the same price again: the trigger fires and is put back unchanged
     run(ex, SetOraclePrices(prices=(("BTC", 44_100 * USDC),)))
