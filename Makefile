@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv native run test lint bench clean
+.PHONY: venv native run demo test lint bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ native: venv
 run: venv native
 	$(BIN)/exchange db upgrade
 	$(BIN)/exchange serve
+
+# The server, a simulated oracle and a market maker quoting every market (Ctrl-C stops).
+demo: venv native
+	$(BIN)/exchange demo
 
 test: venv native
 	$(BIN)/ruff check .

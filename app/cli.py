@@ -81,6 +81,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app import demo
+
+    return demo.run(_settings(args), args.seconds)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from app.db import upgrade
 
@@ -271,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, help="random seed (default: unseeded)")
     o.add_argument("--count", type=int, help="stop after this many updates")
     o.set_defaults(fn=cmd_oracle_sim)
+
+    dm = sub.add_parser("demo", help="server + simulated oracle + a market maker on every market")
+    dm.add_argument("--host")
+    dm.add_argument("--port", type=int)
+    dm.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    dm.set_defaults(fn=cmd_demo)
 
     k = sub.add_parser("keys", help="operator keys").add_subparsers(
         dest="keys_command", required=True

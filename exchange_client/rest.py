@@ -122,6 +122,17 @@ class _Endpoints(Generic[R]):
     def set_market_state(self, market: str, state: str) -> R:
         return self.request("POST", f"/v1/admin/markets/{_seg(market)}/state", {"state": state})
 
+    def list_accounts(self) -> R:
+        return self.request("GET", "/v1/admin/accounts")
+
+    def set_fee_tier(self, account_id: int | str, tier: int) -> R:
+        return self.request("POST", f"/v1/admin/accounts/{_seg(account_id)}/fee-tier",
+                            {"tier": tier})
+
+    def audit(self) -> R:
+        """Seq, state hash, invariants, conservation totals, snapshots, last recovery."""
+        return self.request("GET", "/v1/admin/audit")
+
     def set_oracle_prices(self, prices: Mapping[str, str]) -> R:
         return self.request("POST", "/v1/oracle/prices", {"prices": dict(prices)})
 
@@ -137,6 +148,9 @@ class _Endpoints(Generic[R]):
 
     def markets(self) -> R:
         return self.request("GET", "/v1/markets", signed=False)
+
+    def market(self, market: str) -> R:
+        return self.request("GET", f"/v1/markets/{_seg(market)}", signed=False)
 
     def book(self, market: str, depth: int | None = 50) -> R:
         return self.request("GET", f"/v1/markets/{_seg(market)}/book", params={"depth": depth},
@@ -195,6 +209,11 @@ class _Endpoints(Generic[R]):
 
     def cancel_all(self, market: str | None = None) -> R:
         return self.request("DELETE", "/v1/orders", params={"market": market})
+
+    def cancel_batch(self, cancels: Sequence[Mapping[str, str]]) -> R:
+        """Up to 20 cancels, each ``{"order_id"}`` or ``{"client_order_id"}``."""
+        return self.request("POST", "/v1/orders/cancel-batch",
+                            {"cancels": [dict(c) for c in cancels]})
 
     def fills(self, market: str | None = None, limit: int | None = None,
               cursor: str | None = None) -> R:

@@ -1,4 +1,4 @@
-"""WebSocket client and order-book follower (API.md, ``GET /v1/ws``).
+"""WebSocket clients (API.md, ``GET /v1/ws``): async, plus the reconnecting stream.
 
 Rules owned here:
 * Request/response: every client frame carries a fresh string ``id``; the frame
@@ -6,35 +6,106 @@ Rules owned here:
   and an ``error`` member raises ``ApiError`` (status 0). Replies that come back
   without an ``id`` (``subscribed``, ``unsubscribed``, ``pong``) resolve the oldest
   waiter expecting that type. Every other frame goes to ``recv()``.
-* Book following: a ``book_delta`` must have ``prev_seq`` equal to the last applied
-  ``seq`` (else ``BookGapError``); after every snapshot/delta the checksum of the
-  local book must equal the message's ``checksum`` (else ``BookChecksumError``).
-  Size "0" removes a level.
+* ``MarketStream`` never ends on its own: a closed socket (including the server's
+  4008 for a slow reader) or a refused connection is retried with exponential
+  backoff, re-authenticated and resubscribed; books are resynced from fresh
+  snapshots (``exchange_client.book.BookSet``), on reconnect and on any gap or
+  checksum mismatch.
+The sync twins are in ``exchange_client.ws_sync``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
-from collections.abc import Iterable, Mapping
-from decimal import Decimal
-from typing import Any
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Generic, TypeVar
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .checksum import CHECKSUM_DEPTH, book_checksum
+from .book import BOOK_TYPES, BookChecksumError, BookFollower, BookGapError, BookSet
 from .errors import ApiError
 from .signing import ws_auth_frame
 
-_FALLBACK_TYPES: dict[str, frozenset[str]] = {
+__all__ = [
+    "Backoff",
+    "BookChecksumError",
+    "BookFollower",
+    "BookGapError",
+    "ExchangeWebSocket",
+    "MarketStream",
+]
+
+FALLBACK_TYPES: dict[str, frozenset[str]] = {
     "subscribe": frozenset({"subscribed"}),
     "unsubscribe": frozenset({"unsubscribed"}),
     "ping": frozenset({"pong"}),
     "auth": frozenset({"authenticated", "auth"}),
 }
+MAX_FRAME = 2**24
+R = TypeVar("R")
+
+
+def reply_result(frame: Mapping[str, Any]) -> Any:
+    """The ``result`` of a reply frame (or the frame itself); raises its ``error``."""
+    err = frame.get("error")
+    if err is not None:
+        if isinstance(err, dict):
+            raise ApiError(0, str(err.get("code", "UNKNOWN")), str(err.get("message", "")),
+                           dict(frame))
+        raise ApiError(0, "UNKNOWN", str(err), dict(frame))
+    return frame.get("result", frame)
+
+
+def encode(frame: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(frame)).decode()
+
+
+def _present(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class WsOps(Generic[R]):
+    """Every client operation of the WebSocket API; ``R`` is ``Any`` or ``Awaitable[Any]``."""
+
+    @abstractmethod
+    def request(self, op: str, body: Mapping[str, Any] | None = None,
+                timeout: float | None = None) -> R:
+        """Send ``{"op", "id", **body}``; the reply's ``result`` (``ApiError`` on error)."""
+
+    def subscribe(self, channels: Iterable[str]) -> R:
+        return self.request("subscribe", {"channels": list(channels)})
+
+    def unsubscribe(self, channels: Iterable[str]) -> R:
+        return self.request("unsubscribe", {"channels": list(channels)})
+
+    def auth(self, api_key: str, secret: str, cancel_on_disconnect: bool = False) -> R:
+        frame = ws_auth_frame(api_key, secret, cancel_on_disconnect=cancel_on_disconnect)
+        frame.pop("op")
+        return self.request("auth", frame)
+
+    def ping(self) -> R:
+        return self.request("ping")
+
+    def place_order(self, **fields: Any) -> R:
+        return self.request("order.place", _present(fields))
+
+    def place_batch(self, orders: list[dict[str, Any]], atomic: bool = False) -> R:
+        return self.request("order.batch", {"orders": orders, "atomic": atomic})
+
+    def amend_order(self, order_id: str, price: str | None = None,
+                    size: str | None = None) -> R:
+        return self.request("order.amend", _present({"order_id": order_id, "price": price,
+                                                     "size": size}))
+
+    def cancel_order(self, order_id: str) -> R:
+        return self.request("order.cancel", {"order_id": order_id})
+
+    def cancel_all(self, market: str | None = None) -> R:
+        return self.request("order.cancel_all", {} if market is None else {"market": market})
 
 
 class _Closed:
@@ -44,7 +115,7 @@ class _Closed:
         self.exc = exc
 
 
-class ExchangeWebSocket:
+class ExchangeWebSocket(WsOps[Any]):
     """Async WebSocket client: one background reader routes replies and messages."""
 
     def __init__(self, request_timeout: float = 10.0) -> None:
@@ -59,7 +130,7 @@ class ExchangeWebSocket:
 
     async def connect(self, url: str, **kwargs: Any) -> ExchangeWebSocket:
         """Open ``url`` (e.g. ``ws://host:8000/v1/ws``); kwargs go to ``websockets`` connect."""
-        kwargs.setdefault("max_size", 2**24)
+        kwargs.setdefault("max_size", MAX_FRAME)
         self.conn = await connect(url, **kwargs)
         self._reader = asyncio.create_task(self._read_loop())
         return self
@@ -74,58 +145,19 @@ class ExchangeWebSocket:
         """Send one raw frame (no id added, no reply awaited)."""
         if self.conn is None:
             raise RuntimeError("not connected")
-        await self.conn.send(orjson.dumps(dict(frame)).decode())
+        await self.conn.send(encode(frame))
 
     async def request(self, op: str, body: Mapping[str, Any] | None = None,
                       timeout: float | None = None) -> Any:
-        """Send ``{"op", "id", **body}`` and return the reply's ``result`` (or the frame)."""
         req_id = str(next(self._ids))
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = (fut, _FALLBACK_TYPES.get(op, frozenset()))
+        self._pending[req_id] = (fut, FALLBACK_TYPES.get(op, frozenset()))
         try:
             await self.send({**(body or {}), "op": op, "id": req_id})
             frame = await asyncio.wait_for(fut, timeout or self.request_timeout)
         finally:
             self._pending.pop(req_id, None)
-        err = frame.get("error")
-        if err is not None:
-            if isinstance(err, dict):
-                raise ApiError(0, str(err.get("code", "UNKNOWN")), str(err.get("message", "")),
-                               frame)
-            raise ApiError(0, "UNKNOWN", str(err), frame)
-        return frame.get("result", frame)
-
-    async def subscribe(self, channels: Iterable[str]) -> Any:
-        return await self.request("subscribe", {"channels": list(channels)})
-
-    async def unsubscribe(self, channels: Iterable[str]) -> Any:
-        return await self.request("unsubscribe", {"channels": list(channels)})
-
-    async def auth(self, api_key: str, secret: str, cancel_on_disconnect: bool = False) -> Any:
-        frame = ws_auth_frame(api_key, secret, cancel_on_disconnect=cancel_on_disconnect)
-        frame.pop("op")
-        return await self.request("auth", frame)
-
-    async def ping(self) -> Any:
-        return await self.request("ping")
-
-    async def place_order(self, **fields: Any) -> Any:
-        return await self.request("order.place", {k: v for k, v in fields.items()
-                                                  if v is not None})
-
-    async def place_batch(self, orders: list[dict[str, Any]], atomic: bool = False) -> Any:
-        return await self.request("order.batch", {"orders": orders, "atomic": atomic})
-
-    async def amend_order(self, order_id: str, price: str | None = None,
-                          size: str | None = None) -> Any:
-        body = {"order_id": order_id, "price": price, "size": size}
-        return await self.request("order.amend", {k: v for k, v in body.items() if v is not None})
-
-    async def cancel_order(self, order_id: str) -> Any:
-        return await self.request("order.cancel", {"order_id": order_id})
-
-    async def cancel_all(self, market: str | None = None) -> Any:
-        return await self.request("order.cancel_all", {} if market is None else {"market": market})
+        return reply_result(frame)
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
         """Next non-reply message; raises ``ConnectionClosed`` once the socket has ended."""
@@ -180,90 +212,105 @@ class ExchangeWebSocket:
         self._queue.put_nowait(_Closed(exc))
 
 
-class BookGapError(Exception):
-    """A delta's ``prev_seq`` does not match the last applied ``seq`` (resync needed)."""
+class Backoff:
+    """Reconnect delays: ``initial`` doubling up to ``maximum``; ``reset`` after a success."""
+
+    def __init__(self, initial: float = 0.25, maximum: float = 10.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.delay = initial
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.initial
 
 
-class BookChecksumError(Exception):
-    """The local book's checksum differs from the one the server sent (resync needed)."""
+class StreamSpec:
+    """What a stream subscribes to, shared by the async and sync streams."""
+
+    def __init__(self, url: str, books: Iterable[str], channels: Iterable[str],
+                 api_key: str | None, api_secret: str | None, verify_checksum: bool,
+                 backoff: Backoff | None) -> None:
+        self.url = url
+        self.books = BookSet(books, verify_checksum)
+        self.channels = list(channels)
+        self.credentials = (api_key, api_secret) if api_key and api_secret else None
+        self.backoff = backoff or Backoff()
+        self.reconnects = 0  # connections replaced after the first one
+        self.connected = False
+
+    def all_channels(self) -> list[str]:
+        return self.books.channels + [c for c in self.channels if c not in self.books.channels]
 
 
-class _Side:
-    """One side of the book keyed by Decimal price; ``descending`` for bids."""
-
-    def __init__(self, descending: bool) -> None:
-        self.sign = -1 if descending else 1
-        self.keys: list[Decimal] = []  # sort keys (price * sign), ascending
-        self.levels: dict[Decimal, list[str]] = {}
-
-    def clear(self) -> None:
-        self.keys.clear()
-        self.levels.clear()
-
-    def set(self, price: str, size: str) -> None:
-        key = Decimal(price) * self.sign
-        if Decimal(size) == 0:
-            if self.levels.pop(key, None) is not None:
-                del self.keys[bisect.bisect_left(self.keys, key)]
-            return
-        if key not in self.levels:
-            bisect.insort(self.keys, key)
-        self.levels[key] = [price, size]
-
-    def top(self, n: int | None = None) -> list[list[str]]:
-        keys = self.keys if n is None else self.keys[:n]
-        return [list(self.levels[k]) for k in keys]
+RETRYABLE = (ConnectionClosed, OSError, asyncio.TimeoutError)
 
 
-class BookFollower:
-    """Pure local book for one market fed with ``book_snapshot``/``book_delta`` messages."""
+class MarketStream(StreamSpec):
+    """Async iterator over every message of a WebSocket session that survives reconnects.
 
-    def __init__(self, market: str | None = None, verify_checksum: bool = True) -> None:
-        self.market = market
-        self.verify_checksum = verify_checksum
-        self.seq: int | None = None
-        self.messages_verified = 0
-        self._bids = _Side(descending=True)
-        self._asks = _Side(descending=False)
+    ``books`` are followed in ``self.books`` (a ``BookSet``) and their messages are
+    yielded after being applied, so ``stream.books[m]`` is current when a
+    ``book_delta`` for ``m`` comes out; other ``channels`` (``trades:M``, ``orders``,
+    …) are passed through. With credentials the session authenticates first (needed
+    for private channels and for order entry through ``stream.ws``).
+    """
 
-    @property
-    def bids(self) -> list[list[str]]:
-        """All known bid levels, best (highest) first, as [price, size] strings."""
-        return self._bids.top()
+    def __init__(self, url: str, books: Iterable[str] = (), channels: Iterable[str] = (), *,
+                 api_key: str | None = None, api_secret: str | None = None,
+                 verify_checksum: bool = True, backoff: Backoff | None = None) -> None:
+        super().__init__(url, books, channels, api_key, api_secret, verify_checksum, backoff)
+        self.ws: ExchangeWebSocket | None = None
 
-    @property
-    def asks(self) -> list[list[str]]:
-        """All known ask levels, best (lowest) first, as [price, size] strings."""
-        return self._asks.top()
+    async def _open(self) -> ExchangeWebSocket:
+        ws = await ExchangeWebSocket().connect(self.url)
+        try:
+            if self.credentials is not None:
+                await ws.auth(*self.credentials)
+            self.books.reset()
+            if self.all_channels():
+                await ws.subscribe(self.all_channels())
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
 
-    def checksum(self) -> int:
-        return book_checksum(self._bids.top(CHECKSUM_DEPTH), self._asks.top(CHECKSUM_DEPTH))
+    async def _resync(self, ws: ExchangeWebSocket, market: str) -> None:
+        await ws.unsubscribe([f"book:{market}"])
+        await ws.subscribe([f"book:{market}"])
 
-    def apply(self, message: Mapping[str, Any]) -> None:
-        """Apply one message; raises BookGapError / BookChecksumError / ValueError."""
-        mtype = message.get("type")
-        market = message.get("market")
-        if self.market is not None and market is not None and market != self.market:
-            raise ValueError(f"message for {market!r}, following {self.market!r}")
-        if mtype == "book_snapshot":
-            self.market = self.market or market
-            self._bids.clear()
-            self._asks.clear()
-        elif mtype == "book_delta":
-            if self.seq is None or message.get("prev_seq") != self.seq:
-                raise BookGapError(
-                    f"{self.market}: prev_seq {message.get('prev_seq')} != last seq {self.seq}")
-        else:
-            raise ValueError(f"not a book message: {mtype!r}")
-        for price, size in message.get("bids", ()):
-            self._bids.set(price, size)
-        for price, size in message.get("asks", ()):
-            self._asks.set(price, size)
-        self.seq = message["seq"]
-        expected = message.get("checksum")
-        if self.verify_checksum and expected is not None:
-            actual = self.checksum()
-            if actual != int(expected):
-                raise BookChecksumError(
-                    f"{self.market} seq {self.seq}: checksum {actual} != {expected}")
-            self.messages_verified += 1
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            try:
+                if self.ws is None:
+                    self.ws = await self._open()
+                    if self.connected:
+                        self.reconnects += 1
+                    self.connected = True
+                    self.backoff.reset()
+                message = await self.ws.recv()
+            except RETRYABLE:
+                await self._drop()
+                await asyncio.sleep(self.backoff.next())
+                continue
+            if message.get("type") in BOOK_TYPES:
+                broken = self.books.feed(message)
+                if broken is not None:
+                    try:
+                        await self._resync(self.ws, broken)
+                    except RETRYABLE:
+                        await self._drop()
+                    continue
+            yield message
+
+    async def _drop(self) -> None:
+        if self.ws is not None:
+            ws, self.ws = self.ws, None
+            await ws.close()
+
+    async def close(self) -> None:
+        await self._drop()
