@@ -1,5 +1,7 @@
 """Load test with locust: traders sending signed REST orders, cancels and account reads
-through the project's own client (`exchange_client.ExchangeClient`).
+through the project's own client (`exchange_client.ExchangeClient`), and market makers
+quoting over the WebSocket (`exchange_client.SyncExchangeWebSocket`) while following
+the book and verifying every checksum.
 
     EXCHANGE_ADMIN_KEY=... EXCHANGE_ADMIN_SECRET=... \\
         locust -f loadtests/locustfile.py --headless -u 20 -r 5 -t 60s \\
@@ -7,9 +9,15 @@ through the project's own client (`exchange_client.ExchangeClient`).
 
 Each simulated user creates its own account with the operator key (from the two
 variables above) and funds it with 1,000,000 USDC and 20 BTC, then trades BTC-USDC
-around 50,000: limit orders on both sides a few ticks from the middle (some cross and
-trade), cancels of its own open orders, and account reads. Every call is one locust
-request named after the route; a refusal of any kind is a failure, so
+around 50,000. A `Trader` sends limit orders on both sides a few ticks from the middle
+(some cross and trade), cancels of its own open orders, and account reads. A
+`MarketMaker` (one, or `EXCHANGE_LOCUST_MAKERS` of them) replaces a ladder of post-only quotes with
+`order.cancel_all` + `order.batch` over one authenticated WebSocket, cancels single
+quotes, and follows `book:BTC-USDC` on the same socket: every snapshot and delta must
+chain on `seq` and match its checksum (a mismatch is a failure named "WS book"). A
+post-only quote refused because a trader's order crossed it (`POST_ONLY_WOULD_TAKE`)
+is expected. Every call is one locust request named after the route or operation; any
+other refusal is a failure, so
 `--exit-code-on-error 1` makes a run fail on the first one (tests/integration/
 test_locust_smoke.py runs it so for a few seconds against a real server).
 """
@@ -21,11 +29,13 @@ import os
 import random
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from locust import User, between, events, task
 
-from exchange_client import ApiError, ExchangeClient
+from exchange_client import ApiError, BookSet, ExchangeClient, SyncExchangeWebSocket
+from exchange_client.market_maker import quote_ladder
 
 MARKET = "BTC-USDC"
 MID = 50_000
@@ -42,13 +52,15 @@ class ExchangeUser(User):
         admin = ExchangeClient(
             host, os.environ["EXCHANGE_ADMIN_KEY"], os.environ["EXCHANGE_ADMIN_SECRET"]
         )
+        self.market = next(m for m in admin.markets()["markets"] if m["symbol"] == MARKET)
         name = f"locust-{os.getpid()}-{next(_names)}-{time.time_ns()}"
         info = self.call("POST /v1/admin/accounts", admin.create_account, name)
         for asset, amount in (("USDC", "1000000"), ("BTC", "20")):
             self.call("POST /v1/admin/deposits", admin.deposit, info["account_id"], asset,
                       amount, f"{name}-{asset}")  # fmt: skip
         admin.close()
-        self.api = ExchangeClient(host, info["api_key"], info["api_secret"])
+        self.credentials = (info["api_key"], info["api_secret"])
+        self.api = ExchangeClient(host, *self.credentials)
         self.open_ids: list[str] = []
 
     def on_stop(self) -> None:
@@ -74,15 +86,18 @@ class ExchangeUser(User):
                 error = exc
         except Exception as exc:  # every other refusal counts: the smoke test fails on any
             error = exc
+        self.report(name, start, error)
+        return result
+
+    def report(self, name: str, start: float, error: Exception | None) -> None:
         events.request.fire(
-            request_type="REST",
+            request_type=name.split(" ", 1)[0] if name.startswith("WS ") else "REST",
             name=name,
             response_time=(time.perf_counter() - start) * 1000,
             response_length=0,
             exception=error,
             context={},
         )
-        return result
 
 
 class Trader(ExchangeUser):
@@ -111,3 +126,68 @@ class Trader(ExchangeUser):
     @task(1)
     def account(self) -> None:
         self.call("GET /v1/account", self.api.account)
+
+
+class MarketMaker(ExchangeUser):
+    """Quotes a ladder over the WebSocket and checks the book it sees on the same socket."""
+
+    # exactly this many market makers; every other user is a Trader
+    fixed_count = int(os.environ.get("EXCHANGE_LOCUST_MAKERS", "1"))
+    wait_time = between(0.1, 0.3)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.ws = SyncExchangeWebSocket(request_timeout=30)
+        ws_url = (self.host or "http://127.0.0.1:8000").replace("http", "ws", 1) + "/v1/ws"
+        self.call("WS connect", self.ws.connect, ws_url)
+        self.call("WS auth", self.ws.auth, *self.credentials, cancel_on_disconnect=True)
+        self.books = BookSet([MARKET])
+        self.call("WS subscribe", self.ws.subscribe, [f"book:{MARKET}"])
+        self.quote_ids: list[str] = []
+
+    def on_stop(self) -> None:
+        self.ws.close()
+        super().on_stop()
+
+    def follow_book(self) -> None:
+        """Apply every book message received so far: one "WS book" success when they all
+        chained and matched their checksums, a failure (and a resubscription) if not."""
+        start = time.perf_counter()
+        applied = 0
+        while True:
+            try:
+                message = self.ws.recv(timeout=0)
+            except TimeoutError:
+                break
+            broken = self.books.feed(message)
+            applied += 1
+            if broken is not None:
+                self.report("WS book", start, self.books.last_error)
+                self.ws.unsubscribe([f"book:{broken}"])
+                self.ws.subscribe([f"book:{broken}"])
+                return
+        if applied:
+            self.report("WS book", start, None)
+
+    @task(4)
+    def requote(self) -> None:
+        self.follow_book()
+        mid = Decimal(MID + random.randint(-10, 10))
+        self.call("WS order.cancel_all", self.ws.cancel_all, MARKET)
+        out = self.call("WS order.batch", self.ws.place_batch,
+                        quote_ladder(self.market, mid, levels=5, notional=Decimal(500)))
+        self.quote_ids = []
+        for leg in (out or {}).get("results", ()):
+            if "order" in leg:
+                self.quote_ids.append(leg["order"]["order_id"])
+            elif leg["error"]["code"] != "POST_ONLY_WOULD_TAKE":
+                self.report("WS order.batch leg", time.perf_counter(),
+                            ApiError(0, leg["error"]["code"], leg["error"]["message"]))
+
+    @task(1)
+    def cancel_one(self) -> None:
+        self.follow_book()
+        if self.quote_ids:
+            order_id = self.quote_ids.pop(random.randrange(len(self.quote_ids)))
+            self.call("WS order.cancel", self.ws.cancel_order, order_id,
+                      expected=("ORDER_NOT_LIVE",))

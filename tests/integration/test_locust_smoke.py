@@ -1,6 +1,7 @@
 """A short, bounded locust run (loadtests/locustfile.py) against the real server, on
-SQLite and Postgres: it must send orders, cancels and account reads, and fail on any
-error."""
+SQLite and Postgres: traders must send orders, cancels and account reads, the market
+maker must quote and cancel over the WebSocket and verify the book it follows, and
+the run fails on any error."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def test_a_short_locust_run_has_no_failures(server: ServerProcess) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     stats = {row["name"]: row for row in json.loads(run.stdout)}
-    for name in ("POST /v1/orders", "DELETE /v1/orders/{id}", "GET /v1/account"):
+    for name in ("POST /v1/orders", "DELETE /v1/orders/{id}", "GET /v1/account",
+                 "WS order.cancel_all", "WS order.batch", "WS book"):
         assert stats[name]["num_requests"] > 0, name
     assert sum(row["num_failures"] for row in stats.values()) == 0
