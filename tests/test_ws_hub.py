@@ -102,6 +102,10 @@ async def test_private_frames_reach_only_the_accounts_subscribed_connections() -
     frame = b'{"type":"order"}'
     assert hub.send_private(1, "orders", frame) == 1
     assert hub.send_private(3, "orders", frame) == 0
+    # what the runtime asks before building a private frame at all
+    assert hub.has_accounts()
+    assert hub.wants(1, "orders") and hub.wants(1, "fills") and hub.wants(2, "orders")
+    assert not hub.wants(2, "fills") and not hub.wants(3, "orders")
     assert hub.publish("orders", b"public publish never reaches private subscribers") == 0
     await settle()
     assert s1.sent == [frame] and s1b.sent == [] and s2.sent == [] and anon.sent == []
@@ -126,6 +130,7 @@ async def test_unsubscribe_and_unregister_stop_delivery() -> None:
     await settle()
     assert sock.sent == [b"1"]
     assert hub.metrics.connections == 0 and hub.subscribers("candles:BTC-USDC:1m") == 0
+    assert not hub.has_accounts() and not hub.wants(9, "fills")
 
 
 async def test_direct_send_and_broken_socket() -> None:

@@ -228,6 +228,16 @@ class Hub:
             self._drop(conn)
         return count - len(slow)
 
+    def has_accounts(self) -> bool:
+        """Whether any authenticated connection is registered."""
+        return bool(self._accounts)
+
+    def wants(self, account_id: int, channel: str) -> bool:
+        """Whether any of the account's connections is subscribed to private `channel`
+        (so a frame for it is worth building)."""
+        conns = self._accounts.get(account_id)
+        return conns is not None and any(channel in c.channels for c in conns)
+
     def send_private(self, account_id: int, channel: str, frame: Frame) -> int:
         """Queue `frame` for the account's connections subscribed to `channel`."""
         conns = self._accounts.get(account_id)
