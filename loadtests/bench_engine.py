@@ -1,8 +1,8 @@
 """In-process engine benchmark: ops/s and per-op latency, against a pure-Python ceiling and peers.
 
     python loadtests/bench_engine.py [--ops 200000] [--runs 5] [--seed 1]
-                                     [--impls engine,ceiling,pyorderbook,fastlob]
-                                     [--cpu-time] [--profile]
+                                     [--impls engine,ceiling,pyorderbook,fastlob,order-matching]
+                                     [--order-matching-ops 20000] [--cpu-time] [--profile]
 
 One seeded workload (`loadtests/workload.py`: 62% resting limits, 8% crossing IOC
 limits, 30% cancels of live orders) drives every implementation:
@@ -17,6 +17,11 @@ limits, 30% cancels of live orders) drives every implementation:
 * `pyorderbook`, `fastlob`: PyPI order books, if importable (not project dependencies:
   `pip install pyorderbook fastlob`). Neither has IOC, so the adapter cancels an IOC
   remainder right after matching; that cancel is timed as part of the op.
+* `order-matching`: a third PyPI book (`pip install order-matching`), fed only the first
+  `--order-matching-ops` ops (default 20,000) of the same workload: it finds orders by
+  scanning the whole book, so an op costs O(resting orders) and the full workload would
+  make the benchmark much longer. Its row is compared with a second row of our engine
+  run on the same prefix (`engine (ours), first N ops`), never with the full-workload row.
 
 Runs are interleaved (run 1 of every implementation, then run 2, ...) so a noisy
 neighbour hurts all rows alike. ops/s = ops / wall time of the whole loop (timer
@@ -42,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -405,6 +411,142 @@ class FastLobRunner:
         self.ids = {}
 
 
+class _StandIn:
+    """Accepts whatever order_matching does with polars/pandera names at import time
+    (subclass, subscript, call); nothing on its matching path ever uses them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        return cls
+
+
+_ORDER_MATCHING: list[tuple[types.SimpleNamespace, str | None]] = []  # imported once
+
+
+def _import_order_matching() -> tuple[types.SimpleNamespace, str | None]:
+    """The order_matching names the adapter uses, and a note if stand-ins were needed.
+
+    order-matching 0.12.0 imports polars and pandera at module load
+    (`order_book.py`, `schemas.py`) but declares them only in its `polars` extra, so a
+    plain `pip install order-matching` cannot be imported. They serve only its
+    summary/imbalance/export features; `place`, `match` and `cancel_order` never touch
+    them. If they are missing, empty stand-in modules are put in `sys.modules` for the
+    duration of the import (and removed after), so the matching code that runs is the
+    library's own, unchanged. `pip install "order-matching[polars]"` makes this moot.
+    """
+    from importlib.metadata import version
+
+    if _ORDER_MATCHING:
+        return _ORDER_MATCHING[0]
+    note = None
+    try:
+        from order_matching import enums, matching_engine, order, orders  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("polars", "pandera"):
+            raise
+        names = ("polars", "pandera", "pandera.polars", "pandera.typing", "pandera.typing.polars")
+        stand_ins = {name: types.ModuleType(name) for name in names}
+        for mod in stand_ins.values():  # any attribute (pl.LazyFrame, Field, ...) resolves
+            mod.__getattr__ = lambda attr: _StandIn  # type: ignore[method-assign]
+        saved = {name: sys.modules.get(name) for name in names}
+        sys.modules.update(stand_ins)
+        try:
+            from order_matching import enums, matching_engine, order, orders  # noqa: F401
+        finally:
+            for name, previous in saved.items():
+                if previous is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = previous
+        note = (f"order-matching {version('order-matching')} imports polars and pandera "
+                f"when loaded but lists them only in its `polars` extra ({exc.name} is not "
+                f"installed here), so the benchmark gave it empty stand-in modules for that "
+                f"import; its place/match/cancel code never uses them")
+    from loguru import logger
+
+    logger.disable("order_matching")  # it logs (DEBUG, to stderr by default) on every op
+    _ORDER_MATCHING.append((types.SimpleNamespace(
+        MatchingEngine=matching_engine.MatchingEngine, LimitOrder=order.LimitOrder,
+        Orders=orders.Orders, Side=enums.Side), note))
+    return _ORDER_MATCHING[0]
+
+
+class OrderMatchingRunner:
+    """order-matching (PyPI `order-matching`): float prices and sizes, a dict of price
+    levels per side whose orders sit in a list re-sorted by timestamp on every insert;
+    `place` and `cancel_order` find orders by scanning every resting order, and a trade
+    id is a Faker `uuid4()`.
+
+    Its API queues orders (`place`) and matches the queue (`match(timestamp)`); each op
+    is one order placed and matched at once, with timestamps 1 µs apart so the queue
+    and the levels keep arrival order. No IOC: the adapter cancels an IOC remainder
+    (`cancel_order`) right after matching, inside the timed op. Orders (and their
+    one-order `Orders` wrappers) are built before the clock starts; prices in ticks and
+    sizes in lots as floats, which stay exact integers here. Only the first
+    `--order-matching-ops` ops run (see the module docstring).
+    """
+
+    name = "order-matching"
+    max_ops = 20_000
+
+    def __init__(self, ops: list[wl.Op]) -> None:
+        self.mod, self.note = _import_order_matching()
+        self.ops = ops
+        self.engine: Any = None
+        self.fills = 0
+        self.t0 = datetime.datetime(2026, 1, 1)
+
+    def _place(self, arg: tuple[Any, Any]) -> None:
+        order, batch = arg
+        self.engine.place(batch)
+        self.fills += len(self.engine.match(timestamp=order.timestamp).trades)
+
+    def _ioc(self, arg: tuple[Any, Any]) -> None:
+        order, batch = arg
+        self.engine.place(batch)
+        self.fills += len(self.engine.match(timestamp=order.timestamp).trades)
+        if order.size > 0:  # no IOC in order-matching: cancel what rested
+            self.engine.cancel_order(order.order_id)
+
+    def setup(self) -> list[Step]:
+        m = self.mod
+        self.engine = m.MatchingEngine(seed=1)
+        self.fills = 0
+        steps: list[Step] = []
+        for k, op in enumerate(self.ops):
+            if op.kind == wl.CANCEL:
+                steps.append((self.engine.cancel_order, str(op.order_id)))
+                continue
+            order = m.LimitOrder(
+                side=m.Side.BUY if op.side == wl.BUY else m.Side.SELL, price=float(op.price),
+                size=float(op.size), timestamp=self.t0 + datetime.timedelta(microseconds=k),
+                order_id=str(op.order_id), trader_id=str(op.account))
+            steps.append((self._place if op.kind == wl.LIMIT else self._ioc,
+                          (order, m.Orders([order]))))
+        return steps
+
+    def check(self, outcome: wl.Outcome) -> tuple[int | None, list[str]]:
+        problems = []
+        book = self.engine.unprocessed_orders
+        live: dict[int, int] = {}
+        for side in (book.bids, book.offers):
+            for level in side.values():
+                for o in level:
+                    if o.size > 0:
+                        live[int(o.order_id)] = int(o.size)
+        if dict(sorted(live.items())) != outcome.live:
+            problems.append(f"final book differs from the model ({len(live)} vs "
+                            f"{len(outcome.live)} resting orders)")
+        if self.fills != outcome.trades:
+            problems.append(f"{self.fills} fills, the model has {outcome.trades}")
+        return self.fills, problems
+
+    def teardown(self) -> None:
+        self.engine = None
+
+
 # ------------------------------------------------------------------------- running
 class Result:
     def __init__(self, name: str) -> None:
@@ -415,6 +557,9 @@ class Result:
         self.fills: int | None = None
         self.problems: list[str] = []
         self.skipped: str | None = None
+        self.n_ops = 0  # ops this row ran (a prefix of the workload for some peers)
+        self.prefix = False  # True: not the whole workload, so no ÷ ceiling
+        self.ref = EngineRunner.name  # the engine row its "ours ÷ it" divides by
 
 
 def timed_run(steps: list[Step], cpu: bool = False) -> tuple[float, list[int], list[int]]:
@@ -472,6 +617,7 @@ def machine() -> str:
 IMPLS: dict[str, Callable[[list[wl.Op]], Any]] = {
     "engine": EngineRunner, "ceiling": CeilingRunner,
     "pyorderbook": PyOrderBookRunner, "fastlob": FastLobRunner,
+    "order-matching": OrderMatchingRunner,
 }
 
 
@@ -479,7 +625,7 @@ def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for dist in ("sortedcontainers", "pyorderbook", "fastlob"):
+    for dist in ("sortedcontainers", "pyorderbook", "fastlob", "order-matching"):
         try:
             found.append(f"{dist} {version(dist)}")
         except PackageNotFoundError:
@@ -504,16 +650,45 @@ def engine_revision() -> str:
     return f"{head}{state}; engine build: {native.running()} ({native.reason})"
 
 
-def make_runners(names: list[str], ops: list[wl.Op]) -> tuple[list[Any], list[Result]]:
-    runners, skipped = [], []
+def prefix_name(name: str, n: int) -> str:
+    return f"{name}, first {n:,} ops"
+
+
+def make_runners(names: list[str], ops: list[wl.Op], outcome: wl.Outcome, seed: int,
+                 prefix_ops: int) -> tuple[list[Any], list[Result]]:
+    """The runners, each with `n_ops`, `outcome` (what its book must end with) and `ref`
+    (the engine row its ratio uses). A runner class with `max_ops` gets only the first
+    `prefix_ops` ops; then, if `engine` is among `names`, our engine runs that same
+    prefix too, in a row of its own placed just before it."""
+    runners: list[Any] = []
+    skipped: list[Result] = []
+    engine_on: dict[int, Any] = {}
     for name in names:
+        cls = IMPLS[name]
+        n = min(len(ops), prefix_ops) if getattr(cls, "max_ops", None) else len(ops)
+        sub, sub_outcome = ops, outcome
+        if n < len(ops):
+            sub, sub_outcome = wl.generate_with_outcome(n, seed)
+            assert sub == ops[:n], "the workload generator is not prefix-stable"
         try:
-            runners.append(IMPLS[name](ops))
+            runner = cls(sub)
         except ImportError as exc:
             r = Result(name)
             r.skipped = f"not measured: {name} is not importable ({exc.msg}); " \
                         f"`pip install {name}` into the venv"
             skipped.append(r)
+            continue
+        runner.n_ops, runner.outcome, runner.ref = n, sub_outcome, EngineRunner.name
+        if n < len(ops):
+            runner.name = prefix_name(cls.name, n)
+            if "engine" in names:
+                runner.ref = prefix_name(EngineRunner.name, n)
+                if n not in engine_on:
+                    ours = engine_on[n] = EngineRunner(sub)
+                    ours.name = runner.ref
+                    ours.n_ops, ours.outcome, ours.ref = n, sub_outcome, ours.name
+                    runners.append(ours)
+        runners.append(runner)
     # pyorderbook calls logging.basicConfig(level=INFO) on import; fastlob logs at INFO
     # on every op. Keep the root logger at its default (WARNING) so neither prints.
     logging.getLogger().setLevel(logging.WARNING)
@@ -527,9 +702,7 @@ def fmt_int(x: float) -> str:
 def table(results: list[Result]) -> str:
     by = {r.name: r for r in results}
     ceiling = by.get(CeilingRunner.name)
-    ours = by.get(EngineRunner.name)
     c_med = statistics.median(ceiling.ops_per_s) if ceiling and ceiling.ops_per_s else None
-    o_med = statistics.median(ours.ops_per_s) if ours and ours.ops_per_s else None
     cpu = any(any(len(a) for a in r.cpu_latencies) for r in results)
     head = ("| implementation | ops/s median | ops/s min | ops/s max | p50 µs | p90 µs | p99 µs "
             "| p99.9 µs |" + (" p99 on-CPU µs | p99.9 on-CPU µs |" if cpu else "")
@@ -546,8 +719,9 @@ def table(results: list[Result]) -> str:
         if cpu:
             on_cpu = sorted(median_run(r, on_cpu=True))
             pct += " | " + " | ".join(f"{percentile(on_cpu, p):.1f}" for p in (99, 99.9))
-        vs_c = f"{med / c_med:.2f}" if c_med else "-"
-        ours_vs = f"{o_med / med:.2f}" if o_med else "-"
+        vs_c = f"{med / c_med:.2f}" if c_med and not r.prefix else "-"
+        ref = by.get(r.ref)
+        ours_vs = f"{statistics.median(ref.ops_per_s) / med:.2f}" if ref and ref.ops_per_s else "-"
         fills = fmt_int(r.fills) if r.fills is not None else "n/a"
         lines.append(f"| {r.name} | {fmt_int(med)} | {fmt_int(min(r.ops_per_s))} | "
                      f"{fmt_int(max(r.ops_per_s))} | {pct} | {fills} | {vs_c} | {ours_vs} |")
@@ -571,7 +745,7 @@ def table_by_kind(results: list[Result], ops: list[wl.Op]) -> str:
         if r.skipped or not r.ops_per_s:
             continue
         by_kind: dict[str, list[int]] = {k: [] for k in kinds}
-        for op, ns in zip(ops, median_run(r), strict=True):
+        for op, ns in zip(ops[:r.n_ops], median_run(r), strict=True):
             by_kind[op.kind].append(ns)
         cells = []
         for k in kinds:
@@ -608,8 +782,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--impls", default="engine,ceiling,pyorderbook,fastlob",
-                    help="comma-separated subset of engine,ceiling,pyorderbook,fastlob")
+    ap.add_argument("--impls", default="engine,ceiling,pyorderbook,fastlob,order-matching",
+                    help="comma-separated subset of " + ",".join(IMPLS))
+    ap.add_argument("--order-matching-ops", type=int, default=OrderMatchingRunner.max_ops,
+                    help="order-matching runs only this prefix of the workload (O(book) per "
+                         "op); our engine runs it too, in a row of its own")
     ap.add_argument("--cpu-time", action="store_true",
                     help="also time each op on-CPU (thread_time_ns): p99/p99.9 without preemption")
     ap.add_argument("--profile", action="store_true",
@@ -638,11 +815,20 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(IMPLS))
     if unknown:
         ap.error(f"unknown implementation(s) {', '.join(unknown)}; choose from {', '.join(IMPLS)}")
+    runners, skipped = make_runners(names, ops, outcome, args.seed, args.order_matching_ops)
+    results = {r.name: Result(r.name) for r in runners}
+    prefixes: dict[int, wl.Outcome] = {}
+    for runner in runners:
+        res = results[runner.name]
+        res.n_ops, res.ref, res.prefix = runner.n_ops, runner.ref, runner.n_ops < len(ops)
+        if res.prefix:
+            prefixes[runner.n_ops] = runner.outcome
+    for n, sub_outcome in sorted(prefixes.items()):
+        print(f"- rows marked \"first {n:,} ops\": the same workload cut after op {n:,}: "
+              f"{wl.describe(ops[:n], sub_outcome)}")
     print(f"- {args.runs} runs per implementation, interleaved; latency from the median run")
     print()
     cpu_time = args.cpu_time
-    runners, skipped = make_runners(names, ops)
-    results = {r.name: Result(r.name) for r in runners}
     for run in range(args.runs):
         for runner in runners:
             res = results[runner.name]
@@ -656,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.teardown()
                 continue
             del steps
-            fills, problems = runner.check(outcome)
+            fills, problems = runner.check(runner.outcome)
             runner.teardown()
             res.ops_per_s.append(rate)
             res.latencies.append(array("q", lat))
@@ -672,6 +858,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("÷ ceiling: the row's median ops/s over the ceiling's; ours ÷ it: our engine's median "
           "ops/s over the row's. Latency is per op, in µs, from the row's median run.")
+    if prefixes:
+        print("Rows marked \"first N ops\" ran only the workload's first N ops (order-matching "
+              "finds orders by scanning the whole book); ÷ ceiling is left out for them"
+              + (", and their ours ÷ it is against our engine on the same N ops (its own row)."
+                 if "engine" in names else "."))
+    notes = {getattr(r, "note", None) for r in runners} - {None}
+    for note in sorted(notes):
+        print(f"Note: {note}.")
     print()
     print("Latency by kind of op (same median runs):")
     print()
