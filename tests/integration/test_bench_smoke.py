@@ -1,0 +1,52 @@
+"""Every benchmark in loadtests/ runs end to end with tiny parameters and says what it
+measured: a benchmark that rots is found by the suite, not by the next reader of
+BENCHMARKS.md. (Figures come from full runs, recorded in BENCHMARKS.md, never from here.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import dbutil
+from tests.integration.conftest import ROOT
+
+
+def run_bench(*args: str, timeout: float = 180) -> str:
+    run = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ})
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    return run.stdout
+
+
+def table_rows(out: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in out.splitlines() if line.startswith(f"| {first_cell}")]
+
+
+def test_engine_benchmark() -> None:
+    out = run_bench("loadtests/bench_engine.py", "--ops", "3000", "--runs", "1",
+                    "--impls", "engine,ceiling", "--order-matching-ops", "500")
+    rows: dict[str, list[str]] = {}
+    for r in table_rows(out, "engine") + table_rows(out, "pure-Python"):
+        rows.setdefault(r[0], r)  # the first table: throughput (the second is by kind)
+    assert rows["engine (ours)"][-1] == "1.00"
+    assert int(rows["engine (ours)"][1].replace(",", "")) > 0
+    assert "pure-Python ceiling" in rows
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                            marks=pytest.mark.postgres)])
+def test_durable_benchmark(backend: str) -> None:
+    if backend == "postgres" and dbutil.postgres_base_url() is None:
+        pytest.skip(f"{dbutil.ENV_VAR} is not set")
+    out = run_bench("loadtests/bench_durable.py", "--commands", "2000", "--runs", "1",
+                    "--mix", "workload", "--concurrency", "64", "--backends", backend)
+    name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
+    rows = [r for r in table_rows(out, name) if len(r) == 12]
+    ours = next(r for r in rows if r[3].startswith("ours"))
+    peer = next(r for r in rows if r[3].startswith("peer"))
+    assert peer[-1] == "1.00" and float(ours[-1]) > 0
