@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 
+import pytest
+
+from app.ws import hub as hub_module
 from app.ws.hub import SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON, Connection, Frame, Hub
 
 
@@ -147,3 +150,33 @@ async def test_direct_send_and_broken_socket() -> None:
     await c2.close(1000, "bye")
     assert ok.closes == [(1000, "bye")]
     await hub.close_all()
+
+
+async def test_a_dropped_client_that_takes_no_close_frame_is_ended_then_aborted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The close frame cannot be sent (the client reads nothing): the session task is
+    ended as the hub's doing, and the TCP connection is aborted a little later, so no
+    zombie socket keeps its buffers."""
+    monkeypatch.setattr(hub_module, "CLOSE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 0.05)
+    hub = Hub()
+    sock = FakeSocket(blocked=True)
+
+    async def close_never(code: int, reason: str) -> None:
+        await asyncio.Event().wait()
+
+    conn = hub.connect(sock.send, close_never, 1)
+    kills: list[float] = []
+    conn.kill = lambda: kills.append(asyncio.get_running_loop().time())
+    owner = asyncio.ensure_future(asyncio.Event().wait())  # the session's receive loop
+    conn.owner = owner
+    hub.subscribe(conn, "book:X")
+    for i in range(3):  # one frame in the stuck writer, one queued, one too many
+        hub.publish("book:X", f"{i}".encode())
+        await settle()
+    assert hub.metrics.drops == 1 and conn.close_code == 4008
+    assert not owner.done() and kills == []
+    await asyncio.sleep(0.08)  # past the close timeout: the session is ended
+    assert owner.cancelled() and conn.ended_by_hub and kills == []
+    await asyncio.sleep(0.08)  # past the abort delay: the connection is dropped
+    assert len(kills) == 1

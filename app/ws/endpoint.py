@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -226,6 +227,15 @@ class Session:
                 )
 
 
+def _transport_abort(websocket: WebSocket) -> Callable[[], None] | None:
+    """The socket's `transport.abort`, when the ASGI server exposes it: uvicorn's `send`
+    callable is a method of its protocol object, which holds the transport."""
+    owner = getattr(getattr(websocket, "_send", None), "__self__", None)
+    transport = getattr(owner, "transport", None)
+    abort = getattr(transport, "abort", None)
+    return abort if callable(abort) else None
+
+
 @router.websocket("/v1/ws")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.runtime
@@ -236,6 +246,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
     conn = rt.hub.connect(send, lambda code, reason: websocket.close(code, reason))
     conn.owner = asyncio.current_task()
+    conn.kill = _transport_abort(websocket)
     session = Session(rt, conn)
     try:
         while True:
@@ -251,5 +262,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         pass
     except RuntimeError:  # receive after the hub closed the socket (slow consumer)
         pass
+    except asyncio.CancelledError:
+        if not conn.ended_by_hub:
+            raise
+        # the hub ended a client that ignored its close frame: a normal end, not an error
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
     finally:  # also on cancellation by the hub when a dropped client ignores the close frame
         await session.closed()

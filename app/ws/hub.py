@@ -31,7 +31,8 @@ CloseFn = Callable[[int, str], Awaitable[None]]
 PRIVATE_CHANNELS = frozenset({"orders", "fills", "account", "margin"})
 SLOW_CONSUMER_CODE = 4008
 SLOW_CONSUMER_REASON = "slow consumer: send queue full"
-CLOSE_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0  # how long a dropped client gets to take its close frame
+ABORT_AFTER_S = 10.0  # then how long before its TCP connection is aborted
 
 _ids = itertools.count(1)
 
@@ -62,6 +63,10 @@ class Connection:
         self._metrics: HubMetrics | None = None
         self._on_dead: Callable[[Connection], None] | None = None
         self.owner: asyncio.Task[Any] | None = None  # the task serving this socket, if any
+        # drops the TCP connection at once (e.g. the transport's `abort`), if the server
+        # exposes it: a client that reads nothing cannot even take the close frame
+        self.kill: Callable[[], None] | None = None
+        self.ended_by_hub = False  # the hub cancelled `owner` (not a server shutdown)
 
     def start(self, metrics: HubMetrics, on_dead: Callable[[Connection], None]) -> None:
         self._metrics, self._on_dead = metrics, on_dead
@@ -116,10 +121,15 @@ class Connection:
         try:
             await asyncio.wait_for(self._close(code, reason), CLOSE_TIMEOUT_S)
         except Exception:
-            # The client does not even read the close frame: end its session task so the
-            # server drops the connection instead of keeping a zombie socket open.
+            # The client does not even read the close frame: end its session, so the server
+            # closes the socket once the client reads what is buffered (close frame
+            # included). A client that never reads would keep that socket and its buffers
+            # forever: ABORT_AFTER_S later the connection is dropped outright.
             if self.owner is not None and not self.owner.done():
+                self.ended_by_hub = True
                 self.owner.cancel()
+            if self.kill is not None:
+                asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
 
 
 class Hub:
