@@ -50,3 +50,24 @@ def test_durable_benchmark(backend: str) -> None:
     ours = next(r for r in rows if r[3].startswith("ours"))
     peer = next(r for r in rows if r[3].startswith("peer"))
     assert peer[-1] == "1.00" and float(ours[-1]) > 0
+
+
+def test_rest_benchmark() -> None:
+    out = run_bench("loadtests/bench_rest.py", "--seconds", "1", "--runs", "1", "--warmup",
+                    "0.2", "--no-ceiling")
+    ours = table_rows(out, "exchange (ours)")[0]
+    peer = table_rows(out, "FastAPI")[0]
+    assert ours[9] == "0" and peer[9] == "0"  # errors: every answer was checked
+    assert peer[-1] == "1.00" and float(ours[-1].strip("*")) > 0
+
+
+def test_websocket_benchmark_drops_slow_consumers_without_stalling_the_rest() -> None:
+    out = run_bench("loadtests/bench_ws.py", "--seconds", "1", "--runs", "1", "--window", "1",
+                    "--subscribers", "50", "--slow", "3", "--server-queue", "64")
+    ours = table_rows(out, "ours")
+    entry = next(r for r in ours if len(r) == 10)  # order entry: msgs/s ... ours ÷ peer
+    fanout = next(r for r in ours if len(r) == 9)  # fan-out: deliveries/s ... ours ÷ peer
+    slow = next(r for r in ours if "(4008)" in r[1])  # what dropped the slow consumers
+    assert float(entry[-1]) > 0 and float(fanout[-1]) > 0
+    assert slow[1] == "3/3: hub: queue full (4008) x3"  # our hub dropped all three
+    assert slow[3] == "0"  # and no healthy subscriber was closed
