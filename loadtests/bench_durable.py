@@ -87,7 +87,6 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,7 @@ from engine.events import Rejected
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
 from engine.types import OrderType, Side, TimeInForce
-from loadtests.bench_engine import machine
+from loadtests.bench_engine import dist_versions, machine
 from tests.dbutil import create_database, drop_database
 
 MARKET = "BTC-USDC"
@@ -624,12 +623,8 @@ def revision() -> str:
 def versions(loop: str) -> str:
     import sqlite3
 
-    found = [f"Python {sys.version.split()[0]}"]
-    for dist in ("sqlalchemy", "asyncpg", "aiosqlite", "alembic", "orjson", "uvloop"):
-        try:
-            found.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            found.append(f"{dist} not installed")
+    found = [f"Python {sys.version.split()[0]}",
+             *dist_versions("sqlalchemy", "asyncpg", "aiosqlite", "alembic", "orjson", "uvloop")]
     found.append(f"SQLite library {sqlite3.sqlite_version}")
     return ", ".join(found) + f"; event loop: {loop}"
 

@@ -621,16 +621,23 @@ IMPLS: dict[str, Callable[[list[wl.Op]], Any]] = {
 }
 
 
-def versions() -> str:
+def dist_versions(*dists: str) -> list[str]:
+    """"name version" (or "name not installed") for each distribution; every benchmark's
+    report line uses it."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for dist in ("sortedcontainers", "pyorderbook", "fastlob", "order-matching"):
+    for dist in dists:
         try:
             found.append(f"{dist} {version(dist)}")
         except PackageNotFoundError:
             found.append(f"{dist} not installed")
-    return ", ".join(found)
+    return found
+
+
+def versions() -> str:
+    return ", ".join(dist_versions("sortedcontainers", "pyorderbook", "fastlob",
+                                   "order-matching"))
 
 
 def engine_revision() -> str:

@@ -61,7 +61,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import sqlite3
 import statistics
@@ -83,6 +82,8 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make the repository root importable
     sys.path.insert(0, str(ROOT))
+
+from tests.server import stop_process  # noqa: E402 - needs the path above
 
 ADMIN_KEY = "bench-admin-key"
 ADMIN_SECRET = "bench-admin-secret-0123456789abcdef"
@@ -288,13 +289,8 @@ class Server:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, timeout=timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

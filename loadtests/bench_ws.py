@@ -96,7 +96,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -109,10 +108,10 @@ from websockets.frames import apply_mask
 from websockets.protocol import State
 
 try:
-    from loadtests.bench_engine import engine_revision, machine
+    from loadtests.bench_engine import dist_versions, engine_revision, machine
 except ModuleNotFoundError:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from loadtests.bench_engine import engine_revision, machine
+    from loadtests.bench_engine import dist_versions, engine_revision, machine
 
 from exchange_client.rest import ExchangeClient
 from exchange_client.signing import ws_auth_frame
@@ -1028,32 +1027,6 @@ def pin_prefix(cpu: int) -> list[str]:
     return [taskset, "-c", str(cpu)] if taskset and (os.cpu_count() or 1) > 1 else []
 
 
-class OurServer(ServerProcess):
-    """tests/server.py's server process, started under `taskset -c 0`."""
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [*pin_prefix(SERVER_CPU), sys.executable, "-m", "app.cli", "serve"],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.base_url + "/v1/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
-
-
 def start_peer(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [*pin_prefix(SERVER_CPU), sys.executable, __file__, "--serve-peer", "--port", str(port)],
@@ -1331,13 +1304,8 @@ async def fanout_section(
 
 # ------------------------------------------------------------------------------ report
 def versions() -> str:
-    out = [f"Python {sys.version.split()[0]}"]
-    for dist in ("websockets", "uvicorn", "fastapi", "starlette", "uvloop", "orjson"):
-        try:
-            out.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            out.append(f"{dist} not installed")
-    return ", ".join(out)
+    return ", ".join([f"Python {sys.version.split()[0]}", *dist_versions(
+        "websockets", "uvicorn", "fastapi", "starlette", "uvloop", "orjson")])
 
 
 def revision() -> str:
@@ -1366,7 +1334,7 @@ async def run(args: argparse.Namespace) -> int:
     nofile = raise_nofile(2 * args.subscribers + 4 * args.connections + 200)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ws-"))
     pg_url: str | None = None
-    server: OurServer | None = None
+    server: ServerProcess | None = None
     peer_proc: subprocess.Popen[bytes] | None = None
     problems: list[str] = []
     try:
@@ -1380,7 +1348,8 @@ async def run(args: argparse.Namespace) -> int:
         else:
             db_url, backend = f"sqlite+aiosqlite:///{tmp / 'exchange.db'}", "SQLite"
         env = {"EXCHANGE_WS_QUEUE_SIZE": str(args.server_queue)} if args.server_queue else {}
-        server = OurServer(db_url, tmp / "data", env)
+        server = ServerProcess(db_url, tmp / "data", env)
+        server.prefix = pin_prefix(SERVER_CPU)
         log(f"starting our server ({backend}) and the peer")
         server.migrate()
         server.start()

@@ -30,6 +30,18 @@ def free_port() -> int:
         return port
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                 timeout: float = 15.0) -> None:
+    """Send `sig` and wait; kill it if it is still there after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class ServerProcess:
     def __init__(
         self, database_url: str, data_dir: Path, extra_env: dict[str, str] | None = None
@@ -52,6 +64,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
+        self.prefix: list[str] = []  # e.g. ["taskset", "-c", "0"] (the benchmarks pin it)
 
     @property
     def base_url(self) -> str:
@@ -77,7 +90,7 @@ class ServerProcess:
             self._log.close()
         self._log = log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
+            [*self.prefix, sys.executable, "-m", "app.cli", "serve"],
             env=self.env,
             cwd=ROOT,
             stdout=log,
@@ -102,13 +115,8 @@ class ServerProcess:
             return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, sig, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
