@@ -43,11 +43,12 @@ or the script exits non-zero.
 
 **Peer: the database's write ceiling for the same rows.** The batches ours committed
 (same commands, same events, same batch boundaries) are turned into the exact SQL and
-parameter tuples `Store.write_batch` sends (captured by running it against a recording
-connection, untimed), and then written into another fresh, migrated database of the
-same backend through the same driver connection settings (asyncpg with
-`synchronous_commit=on`; aiosqlite with WAL and `synchronous=FULL`): per batch one
-transaction of `executemany` calls and a COMMIT, back to back, nothing else. No
+parameter tuples `Store.write_batch` sends (`Store.batch_statements`, untimed), and
+then written into another fresh, migrated database of the same backend through the
+same driver connection settings (asyncpg with `synchronous_commit=on`; aiosqlite with
+WAL and `synchronous=FULL`): per batch one transaction and a COMMIT, back to back,
+nothing else; on PostgreSQL through the function ours uses (`write_asyncpg`: COPY for
+plain inserts of 32 rows or more, else `executemany`), on SQLite `executemany`. No
 engine, no row building, no SQLAlchemy, no event loop contention. "ours ÷ peer" is the
 share of that ceiling the exchange reaches; the rest of the wall time is the engine,
 building the rows, publishing, and acknowledging, all on one core-bound thread that
@@ -105,6 +106,7 @@ from app.recovery import verify_balances
 from app.runtime import Runtime
 from app.sequencer import Sequencer
 from app.store import Store
+from app.store.store import Statement, write_asyncpg
 from engine import commands as c
 from engine.commands import Command
 from engine.events import Rejected
@@ -450,7 +452,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
         for cmds in ours.setup_batches:  # as ours: written before the clock starts
             await store.write_batch(entries_of(cmds))
         # The exact statements and parameter tuples Store.write_batch sends for each batch
-        prepared: list[list[tuple[str, Any]]] = []
+        prepared: list[list[Statement]] = []
         build_s = 0.0
         for cmds in ours.batches:
             entries = entries_of(cmds)
@@ -461,7 +463,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
             raise RuntimeError("peer: the rebuilt events differ from ours (state hash)")
         rows: dict[str, int] = {}
         for calls in prepared:
-            for sql, params in calls:
+            for sql, params, _ in calls:
                 words = sql.split()
                 table = (words[2] if words[0].upper() == "INSERT" else words[1]).strip('"')
                 rows[table] = rows.get(table, 0) + len(params)
@@ -475,9 +477,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
                     t0 = clock()
                     if driver.is_in_transaction():
                         raise RuntimeError("peer: connection already in a transaction")
-                    async with driver.transaction():
-                        for sql, params in calls:
-                            await driver.executemany(sql, params)
+                    await write_asyncpg(driver, calls)  # as ours: COPY for large inserts
                     commit_s.append(clock() - t0)
             else:
                 for calls in prepared:
@@ -485,7 +485,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
                     if driver.in_transaction:
                         raise RuntimeError("peer: connection already in a transaction")
                     await driver.execute("BEGIN")
-                    for sql, params in calls:
+                    for sql, params, _ in calls:
                         await driver.executemany(sql, params)
                     await driver.commit()
                     commit_s.append(clock() - t0)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Table, bindparam, event, func, select, text
@@ -254,6 +254,18 @@ def _trade(r: _Rows, te: TradeEvent, seq: int) -> None:
     r.fills.append(fill_row(te, te.taker_account))
 
 
+class Statement(NamedTuple):
+    """One statement of a batch: driver SQL and its parameter tuples; `copy` names the table
+    and columns of a plain insert, which PostgreSQL may bulk-load instead."""
+
+    sql: str
+    params: list[tuple[Any, ...]]
+    copy: tuple[str, tuple[str, ...]] | None = None
+
+
+COPY_MIN_ROWS = 32  # fewer rows go through executemany (COPY has a fixed cost)
+
+
 class _Prepared:
     """A statement compiled once for the dialect, executed with positional driver params.
 
@@ -261,18 +273,21 @@ class _Prepared:
     (BigInteger, Integer, String, Text, Boolean) goes to the driver unchanged.
     """
 
-    __slots__ = ("sql", "_getter")
+    __slots__ = ("sql", "_getter", "copy")
 
-    def __init__(self, dialect: Dialect, stmt: Any, keys: list[str] | None = None) -> None:
+    def __init__(self, dialect: Dialect, stmt: Any, keys: list[str] | None = None,
+                 bulk: bool = False) -> None:
+        """`bulk`: a plain insert of every column, which COPY may replace."""
         if keys is None:
             keys = [c.name for c in stmt.table.columns]
         compiled = stmt.compile(dialect=dialect, column_keys=keys)
         self.sql = str(compiled)
         self._getter = itemgetter(*compiled.positiontup)
+        self.copy = (stmt.table.name, tuple(compiled.positiontup)) if bulk else None
 
-    def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    def statement(self, rows: Sequence[dict[str, Any]]) -> Statement:
         getter = self._getter
-        return [getter(row) for row in rows]
+        return Statement(self.sql, [getter(row) for row in rows], self.copy)
 
 
 class Store:
@@ -291,7 +306,7 @@ class Store:
             return stmt.on_conflict_do_update(index_elements=keys, set_=rest)
 
         prep = partial(_Prepared, engine.dialect)
-        self._journal = prep(t.journal.insert())
+        self._journal = prep(t.journal.insert(), bulk=True)
         self._accounts = prep(t.accounts.insert())
         self._settings = prep(
             t.accounts.update().where(t.accounts.c.account_id == bindparam("b_account_id")),
@@ -301,15 +316,15 @@ class Store:
         self._revoke = prep(
             t.api_keys.update().where(t.api_keys.c.api_key == bindparam("b_api_key")), ["revoked"]
         )
-        self._ledger = prep(t.ledger.insert())
+        self._ledger = prep(t.ledger.insert(), bulk=True)
         self._balances = prep(upsert(t.balances))
         self._orders = prep(upsert(t.orders))
-        self._trades = prep(t.trades.insert())
-        self._fills = prep(t.fills.insert())
+        self._trades = prep(t.trades.insert(), bulk=True)
+        self._fills = prep(t.fills.insert(), bulk=True)
         self._states = prep(upsert(t.market_states))
-        self._funding = prep(t.funding.insert())
-        self._funding_payments = prep(t.funding_payments.insert())
-        self._liquidations = prep(t.liquidations.insert())
+        self._funding = prep(t.funding.insert(), bulk=True)
+        self._funding_payments = prep(t.funding_payments.insert(), bulk=True)
+        self._liquidations = prep(t.liquidations.insert(), bulk=True)
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -332,8 +347,8 @@ class Store:
             await self._sqlite_writer.close()
         await self.engine.dispose()
 
-    def batch_statements(self, entries: Sequence[Entry]) -> list[tuple[str, list[Any]]]:
-        """The statements (driver SQL, parameter tuples) of one batch, in write order."""
+    def batch_statements(self, entries: Sequence[Entry]) -> list[Statement]:
+        """The statements of one batch, in write order."""
         r = _project(entries)
         steps: list[tuple[_Prepared, Sequence[dict[str, Any]]]] = [
             (self._journal, r.journal),
@@ -357,15 +372,16 @@ class Store:
             (self._funding_payments, r.funding_payments),
             (self._liquidations, r.liquidations),
         ]
-        return [(prepared.sql, prepared.params(rows)) for prepared, rows in steps if rows]
+        return [prepared.statement(rows) for prepared, rows in steps if rows]
 
     async def write_batch(self, entries: Sequence[Entry]) -> None:
         """Journal rows and projections of `entries` in one transaction.
 
         Straight to the driver, past SQLAlchemy's per-statement async plumbing: on SQLite
         the whole transaction is one hop to the writer thread; on PostgreSQL one asyncpg
-        transaction of executemany calls. (Measured: the per-statement hops, each waiting
-        behind HTTP work on the event loop, were most of a REST order's commit time.)
+        transaction, where the large plain inserts are bulk-loaded with COPY (2x faster
+        than executemany here). (Measured: the per-statement hops, each waiting behind HTTP
+        work on the event loop, were most of a REST order's commit time.)
         """
         if not entries:
             return
@@ -375,9 +391,7 @@ class Store:
             return
         async with self.engine.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection
-            async with driver.transaction():
-                for sql, params in statements:
-                    await driver.executemany(sql, params)
+            await write_asyncpg(driver, statements)
 
     async def max_seq(self) -> int:
         async with self.engine.connect() as conn:
@@ -529,6 +543,18 @@ class Store:
         return True
 
 
+async def write_asyncpg(driver: Any, statements: Sequence[Statement]) -> None:
+    """One transaction on an asyncpg connection: COPY for large plain inserts, else
+    executemany."""
+    async with driver.transaction():
+        for st in statements:
+            if st.copy is not None and len(st.params) >= COPY_MIN_ROWS:
+                table, columns = st.copy
+                await driver.copy_records_to_table(table, records=st.params, columns=columns)
+            else:
+                await driver.executemany(st.sql, st.params)
+
+
 class SqliteWriter:
     """The sequencer's SQLite connection, on a thread of its own: `write` runs a whole
     transaction there in one hop (sqlite3 releases the GIL while it works and syncs)."""
@@ -538,22 +564,22 @@ class SqliteWriter:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "sqlite-writer")
         self._conn: sqlite3.Connection | None = None
 
-    def _write(self, statements: Sequence[tuple[str, list[Any]]]) -> None:
+    def _write(self, statements: Sequence[Statement]) -> None:
         conn = self._conn
         if conn is None:
             conn = self._conn = sqlite3.connect(self.path, isolation_level=None)
             _sqlite_pragmas(conn, None)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in statements:
-                conn.executemany(sql, params)
+            for st in statements:
+                conn.executemany(st.sql, st.params)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
-    async def write(self, statements: Sequence[tuple[str, list[Any]]]) -> None:
+    async def write(self, statements: Sequence[Statement]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, statements)
 
     def _close(self) -> None:
