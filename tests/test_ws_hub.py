@@ -180,3 +180,21 @@ async def test_a_dropped_client_that_takes_no_close_frame_is_ended_then_aborted(
     assert owner.cancelled() and conn.ended_by_hub and kills == []
     await asyncio.sleep(0.08)  # past the abort delay: the connection is dropped
     assert len(kills) == 1
+
+
+async def test_a_socket_whose_send_failed_is_aborted_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed under the hub by someone else (the server's keepalive), the connection is
+    forgotten at once (not counted as a drop) and aborted ABORT_AFTER_S later."""
+    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 0.05)
+    hub = Hub()
+    conn = connect(hub, FakeSocket(broken=True))
+    kills: list[int] = []
+    conn.kill = lambda: kills.append(1)
+    hub.subscribe(conn, "trades:X")
+    hub.publish("trades:X", b"t")
+    await settle()
+    assert conn.closed and hub.metrics.connections == 0 and hub.metrics.drops == 0
+    assert kills == []
+    await asyncio.sleep(0.08)
+    assert kills == [1]

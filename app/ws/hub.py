@@ -96,6 +96,10 @@ class Connection:
             self.closed = True
             if self._on_dead is not None:
                 self._on_dead(self)
+            # closed by the server's keepalive, say, while the client read nothing: that
+            # close waits for a buffer that never drains, so abort it in a while
+            if self.kill is not None:
+                asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
 
     def stop(self) -> None:
         """Stop the writer task (no close frame); idempotent."""
