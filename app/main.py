@@ -106,4 +106,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(orders.router)
     app.include_router(account.router)
     app.include_router(ws_endpoint.router)
+    app.add_middleware(ws_endpoint.KeepRawSend)  # lets the hub abort a stuck client
     return app

@@ -94,6 +94,11 @@ def new_admin_credentials(path: Path) -> tuple[str, str]:
     return key, secret
 
 
+def _freeze_long_lived() -> None:
+    gc.collect()
+    gc.freeze()
+
+
 def _healths(ex: Exchange, accounts: list[int]) -> tuple[int, dict[int, Any]]:
     return ex.last_seq, {a: ex.health(a) for a in accounts}
 
@@ -152,11 +157,6 @@ class Runtime:
             batch_max=self.settings.batch_max,
         )
         self.engine = engine
-        # Modules and the recovered engine live as long as the process: moved out of the
-        # cyclic collector's reach, its full passes no longer walk them (65-95 ms each,
-        # every second or so under load: the REST p99; see BENCHMARKS.md).
-        gc.collect()
-        gc.freeze()
         self.sequencer.start()
         self._health_task = asyncio.create_task(self._health_stream(), name="health-stream")
         self.status = "ready"
@@ -179,8 +179,15 @@ class Runtime:
             await self.store.close()
 
     async def rebuild(self) -> Exchange:
-        """The engine at the last committed seq (snapshot + journal tail) and fresh read models."""
+        """The engine at the last committed seq (snapshot + journal tail) and fresh read models.
+
+        What exists once it is in use (modules, the recovered engine, the read models)
+        lives until the next rebuild: it is frozen out of the cyclic collector's reach, so
+        full collections no longer walk it (65-95 ms each, every second or so under load:
+        the REST p99; see BENCHMARKS.md). A rebuild unfreezes first, or the engine it
+        replaces (full of reference cycles) could never be collected."""
         assert self.store is not None
+        gc.unfreeze()
         engine, report = await recover(self.store, self.config)
         self.marketdata = await self._marketdata_from(engine)
         keys = dict(self._operator_keys)
@@ -197,6 +204,8 @@ class Runtime:
         # commands replayed since the last snapshot count towards the next one, so a server
         # that crashes more often than every N commands still snapshots
         self._snap_seq, self._snap_time = report.snapshot_seq or 0, time.monotonic()
+        # runs once the caller has put the new engine in place (it does not await first)
+        asyncio.get_running_loop().call_soon(_freeze_long_lived)
         return engine
 
     async def _marketdata_from(self, engine: Exchange) -> MarketData:

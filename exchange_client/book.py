@@ -121,6 +121,7 @@ class BookSet:
         self.waiting: set[str] = set(self.books)  # no snapshot yet (or broken since)
         self.resyncs = 0  # books dropped for a gap or a checksum mismatch
         self.last_error: Exception | None = None
+        self._failures: dict[str, int] = {}  # breaks in a row, per market
 
     @property
     def channels(self) -> list[str]:
@@ -154,6 +155,15 @@ class BookSet:
             self.waiting.add(market)
             self.resyncs += 1
             self.last_error = exc
+            self._failures[market] = self._failures.get(market, 0) + 1
             book.seq = None
             return market
+        self._failures.pop(str(market), None)
         return None
+
+    def resync_delay(self, market: str) -> float:
+        """Seconds to wait before resubscribing: none the first time, then doubling from
+        0.1 s to 5 s while the market's book keeps breaking (say, a snapshot that never
+        matches its checksum), so a stream does not spin on it."""
+        n = self._failures.get(market, 0)
+        return 0.0 if n <= 1 else min(0.1 * 2 ** (n - 2), 5.0)

@@ -7,10 +7,10 @@ Rules owned here:
   without an ``id`` (``subscribed``, ``unsubscribed``, ``pong``) resolve the oldest
   waiter expecting that type. Every other frame goes to ``recv()``.
 * ``MarketStream`` never ends on its own: a closed socket (including the server's
-  4008 for a slow reader) or a refused connection is retried with exponential
-  backoff, re-authenticated and resubscribed; books are resynced from fresh
-  snapshots (``exchange_client.book.BookSet``), on reconnect and on any gap or
-  checksum mismatch.
+  4008 for a slow reader), a refused connection or a failed handshake is retried with
+  exponential backoff, re-authenticated and resubscribed; books are resynced from
+  fresh snapshots (``exchange_client.book.BookSet``), on reconnect and on any gap or
+  checksum mismatch (with a growing pause when a market keeps breaking).
 The sync twins are in ``exchange_client.ws_sync``.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from .book import BOOK_TYPES, BookChecksumError, BookFollower, BookGapError, BookSet
 from .errors import ApiError
@@ -247,7 +247,9 @@ class StreamSpec:
         return self.books.channels + [c for c in self.channels if c not in self.books.channels]
 
 
-RETRYABLE = (ConnectionClosed, OSError, asyncio.TimeoutError)
+# a refused or broken handshake (a 502/503 from a proxy, a server going down) is retried
+# like a dropped connection
+RETRYABLE = (ConnectionClosed, InvalidHandshake, OSError, asyncio.TimeoutError)
 
 
 class MarketStream(StreamSpec):
@@ -280,6 +282,7 @@ class MarketStream(StreamSpec):
         return ws
 
     async def _resync(self, ws: ExchangeWebSocket, market: str) -> None:
+        await asyncio.sleep(self.books.resync_delay(market))
         await ws.unsubscribe([f"book:{market}"])
         await ws.subscribe([f"book:{market}"])
 

@@ -133,6 +133,7 @@ class SyncMarketStream(StreamSpec):
             broken = self.books.feed(message)
             if broken is not None:
                 try:
+                    time.sleep(self.books.resync_delay(broken))
                     self.ws.unsubscribe([f"book:{broken}"])
                     self.ws.subscribe([f"book:{broken}"])
                 except RETRYABLE:

@@ -102,3 +102,16 @@ def test_index_prices_skips_assets_without_an_index() -> None:
     body = {"assets": [{"symbol": "USDC", "index": None},
                        {"symbol": "BTC", "index": {"price": "65000.5", "ts": 1}}]}
     assert index_prices(body) == {"BTC": Decimal("65000.5")}
+
+
+def test_a_market_that_keeps_breaking_waits_longer_before_each_resync() -> None:
+    books = BookSet(["A"])
+    bad_snapshot = {**_snap("A", 1, [["1", "1"]], []), "checksum": 7}
+    delays = []
+    for _ in range(5):
+        assert books.feed(bad_snapshot) == "A"
+        delays.append(books.resync_delay("A"))
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8]
+    # one good snapshot ends the streak
+    assert books.feed(_snap("A", 2, [["1", "1"]], [])) is None
+    assert books.resync_delay("A") == 0.0

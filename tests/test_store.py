@@ -373,3 +373,20 @@ def test_bad_markets_files_raise(tmp_path: Path) -> None:
         load_exchange_config(_bad_file(tmp_path, base="DOGE"))
     with pytest.raises(ValueError):
         load_exchange_config(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite:///:memory:",
+                                 "sqlite+aiosqlite:///file:{tmp}/uri.db?uri=true",
+                                 "sqlite+aiosqlite:///{tmp}/plain.db"])
+async def test_every_kind_of_sqlite_url_takes_a_batch(url: str, tmp_path: Path) -> None:
+    """A plain file gets the writer thread; ":memory:" and "file:" URIs (no path of their
+    own for a second connection) write through the pool."""
+    st = await Store.open(url.format(tmp=tmp_path))
+    try:
+        async with st.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        assert (st._sqlite_writer is not None) == url.endswith("plain.db")
+        await st.write_batch(setup_batch())
+        assert await st.max_seq() == len(setup_batch())
+    finally:
+        await st.close()

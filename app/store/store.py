@@ -388,10 +388,14 @@ class Store:
         statements = self.batch_statements(entries)
         if self._sqlite_writer is not None:
             await self._sqlite_writer.write(statements)
-            return
-        async with self.engine.connect() as conn:
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-            await write_asyncpg(driver, statements)
+        elif self.dialect == "postgresql":
+            async with self.engine.connect() as conn:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                await write_asyncpg(driver, statements)
+        else:  # SQLite without a file of its own (":memory:", "file:" URIs): through the pool
+            async with self.engine.begin() as conn:
+                for st in statements:
+                    await conn.exec_driver_sql(st.sql, st.params)
 
     async def max_seq(self) -> int:
         async with self.engine.connect() as conn:
@@ -569,14 +573,16 @@ class SqliteWriter:
         if conn is None:
             conn = self._conn = sqlite3.connect(self.path, isolation_level=None)
             _sqlite_pragmas(conn, None)
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             for st in statements:
                 conn.executemany(st.sql, st.params)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            # whatever state it is in (even a failed ROLLBACK), the next batch gets a
+            # fresh connection; SQLite rolls back what this one left uncommitted
+            self._conn = None
+            conn.close()
             raise
 
     async def write(self, statements: Sequence[Statement]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import orders as order_services
 from app.api.deps import submit
@@ -227,11 +228,27 @@ class Session:
                 )
 
 
+RAW_SEND = "exchange.raw_send"
+
+
+class KeepRawSend:
+    """ASGI middleware: keeps the server's own `send` in a WebSocket's scope, before
+    Starlette's exception handling wraps it (uvicorn's is a method of its protocol
+    object, which holds the transport that `_transport_abort` needs)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
+
+
 def _transport_abort(websocket: WebSocket) -> Callable[[], None] | None:
-    """The socket's `transport.abort`, when the ASGI server exposes it: uvicorn's `send`
-    callable is a method of its protocol object, which holds the transport."""
-    owner = getattr(getattr(websocket, "_send", None), "__self__", None)
-    transport = getattr(owner, "transport", None)
+    """The socket's `transport.abort`, when the ASGI server exposes it (see KeepRawSend)."""
+    send = websocket.scope.get(RAW_SEND, getattr(websocket, "_send", None))
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
     abort = getattr(transport, "abort", None)
     return abort if callable(abort) else None
 
@@ -263,11 +280,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except RuntimeError:  # receive after the hub closed the socket (slow consumer)
         pass
     except asyncio.CancelledError:
-        if not conn.ended_by_hub:
-            raise
         # the hub ended a client that ignored its close frame: a normal end, not an error
+        # (unless something else, a shutdown, cancelled the task as well)
         task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+        if not conn.ended_by_hub or task is None or task.uncancel() > 0:
+            raise
     finally:  # also on cancellation by the hub when a dropped client ignores the close frame
+        conn.owner = None  # cleaning up: the hub must not cancel this task any more
         await session.closed()

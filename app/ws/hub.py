@@ -124,7 +124,7 @@ class Connection:
     async def _do_close(self, code: int, reason: str) -> None:
         try:
             await asyncio.wait_for(self._close(code, reason), CLOSE_TIMEOUT_S)
-        except Exception:
+        except TimeoutError:
             # The client does not even read the close frame: end its session, so the server
             # closes the socket once the client reads what is buffered (close frame
             # included). A client that never reads would keep that socket and its buffers
@@ -134,6 +134,8 @@ class Connection:
                 self.owner.cancel()
             if self.kill is not None:
                 asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
+        except Exception:
+            pass  # the client went away meanwhile: its session ends by itself
 
 
 class Hub:
