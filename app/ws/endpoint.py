@@ -258,8 +258,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     rt: Runtime = websocket.app.state.runtime
     await websocket.accept()
 
+    raw_send = websocket.scope.get(RAW_SEND)
+
     async def send(frame: str | bytes) -> None:
-        await websocket.send_text(frame if isinstance(frame, str) else frame.decode())
+        text = frame if isinstance(frame, str) else frame.decode()
+        if raw_send is not None:  # straight to the server, past Starlette's wrappers
+            await raw_send({"type": "websocket.send", "text": text})
+        else:
+            await websocket.send_text(text)
 
     conn = rt.hub.connect(send, lambda code, reason: websocket.close(code, reason))
     conn.owner = asyncio.current_task()
