@@ -3,7 +3,9 @@
 Rules owned here:
 * `write_batch` commits the journal rows and every projection of their events
   together, or nothing (DESIGN section 10); projections are coalesced within a
-  batch (last order view, last balance) and written with one executemany per table.
+  batch (last order view, last balance) and written with one executemany per table
+  (COPY for large plain inserts on PostgreSQL), straight through the driver: on a
+  SQLite file, by a writer thread with its own connection.
 * A journal row's checksum is `crc32(f"{seq}:{ts}:{command_json}")`, with the
   command JSON from `engine.codec.encode` serialized by orjson with sorted keys.
 * `read_journal` yields gapless seqs with verified checksums, or raises JournalCorrupt.
@@ -331,9 +333,7 @@ class Store:
         if ensure_sqlite_dir(url):
             engine = create_async_engine(url)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            path = make_url(url).database
-            if path and path != ":memory:" and not path.startswith("file:"):
-                return cls(engine, path)
+            return cls(engine, sqlite_file(url))  # no file of its own: no writer thread
         else:
             engine = create_async_engine(
                 url,
@@ -598,14 +598,23 @@ class SqliteWriter:
         self._executor.shutdown(wait=True)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL that names a plain path (not ":memory:" nor a "file:"
+    URI), else None."""
+    parsed = make_url(url)
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:":
+        return None
+    return None if db.startswith("file:") else db
+
+
 def ensure_sqlite_dir(url: str) -> bool:
     """True for a SQLite URL, after creating the parent directory of its file."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+    if make_url(url).get_backend_name() != "sqlite":
         return False
-    db = parsed.database
-    if db and db != ":memory:" and not db.startswith("file:"):
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     return True
 
 

@@ -98,8 +98,12 @@ class Connection:
                 self._on_dead(self)
             # closed by the server's keepalive, say, while the client read nothing: that
             # close waits for a buffer that never drains, so abort it in a while
-            if self.kill is not None:
-                asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
+            self._abort_later()
+
+    def _abort_later(self) -> None:
+        """Drop the TCP connection ABORT_AFTER_S from now, if the server lets us."""
+        if self.kill is not None:
+            asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
 
     def stop(self) -> None:
         """Stop the writer task (no close frame); idempotent."""
@@ -132,8 +136,7 @@ class Connection:
             if self.owner is not None and not self.owner.done():
                 self.ended_by_hub = True
                 self.owner.cancel()
-            if self.kill is not None:
-                asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
+            self._abort_later()
         except Exception:
             pass  # the client went away meanwhile: its session ends by itself
 
