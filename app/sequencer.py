@@ -125,11 +125,16 @@ class Sequencer:
     # ---------------------------------------------------------------- callers
     async def submit(self, command: Command) -> list[Event]:
         """Apply a command; returns its events once they are durable."""
+        return await self.enqueue(command)
+
+    def enqueue(self, command: Command) -> asyncio.Future[list[Event]]:
+        """Queue a command now (its place in the sequence is taken on return); the
+        future resolves to its events once they are durable."""
         if not self.ready:
             raise ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is recovering")
         fut: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(fut, command=command))
-        return await fut
+        return fut
 
     async def query(self, fn: Callable[[Exchange], T]) -> T:
         """Run a read-only function on committed engine state, between batches."""

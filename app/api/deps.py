@@ -138,6 +138,11 @@ def signed(permission: str, category: str = "read") -> Callable[..., Awaitable[P
 _signature: ContextVar[str | None] = ContextVar("request_signature", default=None)
 
 
+# Called once the command of the current context has its place in the sequence (the
+# WebSocket session uses it to start on the next frame while this one commits).
+on_queued: ContextVar[Callable[[], None] | None] = ContextVar("on_queued", default=None)
+
+
 async def submit(rt: Runtime, command: Command) -> list[Event]:
     """Hand a command to the sequencer; it carries the request's signature into the journal,
     so the replay window survives a restart."""
@@ -147,7 +152,14 @@ async def submit(rt: Runtime, command: Command) -> list[Event]:
     if sig is not None and command.sig is None:
         command = replace(command, sig=sig)
     try:
-        return await rt.sequencer.submit(command)
+        pending = rt.sequencer.enqueue(command)
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+    queued = on_queued.get()
+    if queued is not None:
+        queued()
+    try:
+        return await pending
     except ServiceUnavailable as exc:
         raise ApiError(exc.code, exc.message) from exc
 

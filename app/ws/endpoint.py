@@ -6,6 +6,10 @@ Rules owned here:
   chain on its `seq` (snapshot and deltas come from the same read model, which
   only changes after a commit, so nothing can slip between them);
 * order entry takes the REST bodies and runs the same services as REST;
+* frames are pipelined: each is handled in the order received up to the point where
+  its command takes its place in the sequence; then the next frame starts while it
+  commits (at most MAX_IN_FLIGHT per socket; beyond that the socket is not read).
+  Responses carry the frame's `id` and go out as each command commits;
 * with `cancel_on_disconnect`, closing the socket cancels the account's orders.
 """
 
@@ -22,7 +26,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import orders as order_services
-from app.api.deps import submit
+from app.api.deps import on_queued, submit
 from app.api.schemas import AmendRequest, BatchRequest, OrderRequest
 from app.auth import AuthError
 from app.errors import ApiError
@@ -35,6 +39,7 @@ log = logging.getLogger("exchange.ws")
 router = APIRouter()
 CANDLE_INTERVALS = ("1m", "5m", "1h")
 MAX_FRAME = 64 * 1024
+MAX_IN_FLIGHT = 64  # frames of one socket handled at once
 
 
 def _frame(data: dict[str, Any]) -> str:
@@ -55,6 +60,39 @@ class Session:
         self.account_id: int | None = None
         self.api_key: str | None = None
         self.cancel_on_disconnect = False
+        # resolved once the last frame read has its command queued (or is done with)
+        self._turn: asyncio.Future[None] | None = None
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._frames: set[asyncio.Task[None]] = set()
+
+    async def feed(self, text: str) -> None:
+        """Start on a frame; returns as soon as the socket may read the next one."""
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        task = loop.create_task(self._frame(text, self._turn, turn))
+        self._turn = turn
+        self._frames.add(task)
+        task.add_done_callback(self._frames.discard)
+
+    async def _frame(
+        self, text: str, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]
+    ) -> None:
+        def queued() -> None:
+            if not turn.done():
+                turn.set_result(None)
+
+        on_queued.set(queued)
+        try:
+            if previous is not None and not previous.done():
+                await previous  # frames take their places in the sequence in order
+            await self.handle(text)
+        except Exception:
+            log.exception("websocket frame failed")
+            self.reply(_error("INTERNAL_ERROR", "an unexpected server error"))
+        finally:
+            queued()
+            self._slots.release()
 
     def reply(self, data: dict[str, Any]) -> None:
         self.rt.hub.send(self.conn, _frame(data))
@@ -218,6 +256,8 @@ class Session:
     async def closed(self) -> None:
         self.rt.hub.unregister(self.conn)
         if self.cancel_on_disconnect and self.account_id is not None:
+            if self._turn is not None and not self._turn.done():
+                await self._turn  # orders read before the close go in before the cancel
             try:
                 await submit(
                     self.rt, c.CancelAll(account_id=self.account_id, reason=CancelReason.DISCONNECT)
@@ -280,7 +320,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             if text is None:
                 data = message.get("bytes") or b""
                 text = data.decode("utf-8", errors="replace")
-            await session.handle(text)
+            await session.feed(text)
     except WebSocketDisconnect:
         pass
     except RuntimeError:  # receive after the hub closed the socket (slow consumer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -378,6 +379,54 @@ async def test_order_entry_over_the_socket(traders: MakeTrader, sockets: Any) ->
     await assert_alive(ws)
 
 
+async def batches_total(server: ServerProcess) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(server.base_url + "/metrics")).text
+    return float(re.search(r"^exchange_batches_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+async def test_pipelined_frames_run_in_the_order_sent(server: ServerProcess,
+                                                      traders: MakeTrader,
+                                                      sockets: Any) -> None:
+    """Frames sent without waiting for replies: each takes its place in the sequence in
+    the order received, even when an earlier one waits on a read (an amend looks the
+    order up first), and every one is answered under its id. They share group commits:
+    a socket does not wait for one order's commit before reading the next."""
+    a = await traders()
+    ws: ExchangeWebSocket = await sockets()
+    await ws.auth(a.api_key, a.api_secret)
+    first = (await ws.place_order(market=BTC, side="buy", price="40000",
+                                  size="0.01"))["order"]
+    frames: list[dict[str, Any]] = [
+        {"op": "order.amend", "id": "amend", "order_id": first["order_id"], "size": "0.02"},
+        {"op": "order.cancel", "id": "cancel", "order_id": first["order_id"]},
+        *({"op": "order.place", "id": f"p{i}", "market": BTC, "side": "buy",
+           "price": str(39000 + i), "size": "0.001"} for i in range(12)),
+        {"op": "ping", "id": "ping"},
+        {"op": "order.place", "id": "bad", "market": BTC, "side": "buy", "price": "1.001",
+         "size": "0.001"},
+    ]
+    before = await batches_total(server)
+    for frame in frames:
+        await ws.send(frame)
+    got = await collect(ws, lambda ms: len(ms) == len(frames))
+    assert await batches_total(server) - before < 14  # 14 commands; one by one: >= 14
+    by_id = {m["id"]: m for m in got}
+    assert set(by_id) == {f["id"] for f in frames}
+    amended = by_id["amend"]["result"]["order"]
+    assert (amended["size"], amended["status"]) == ("0.02", "open")
+    cancelled = by_id["cancel"]["result"]["order"]
+    assert (cancelled["size"], cancelled["status"]) == ("0.02", "cancelled")
+    placed = [by_id[f"p{i}"]["result"]["order"] for i in range(12)]
+    assert [o["price"] for o in placed] == [str(39000 + i) for i in range(12)]
+    ids = [int(o["order_id"]) for o in placed]
+    assert ids == sorted(ids) and len(set(ids)) == 12 and ids[0] > int(first["order_id"])
+    assert by_id["ping"]["type"] == "pong"
+    assert by_id["bad"]["error"]["code"] == "PRICE_NOT_ON_TICK"
+    live = (await a.client.get_orders(status="open"))["orders"]
+    assert sorted(int(o["order_id"]) for o in live) == ids
+
+
 async def test_read_only_key_cannot_trade_over_the_socket(traders: MakeTrader,
                                                           sockets: Any) -> None:
     a = await traders()
@@ -524,6 +573,33 @@ async def test_cancel_on_disconnect(server: ServerProcess, traders: MakeTrader) 
     assert (usdc["hold"], usdc["available"]) == ("0", "100000")
     # other accounts are untouched
     assert (await b.client.get_order(other["order_id"]))["order"]["status"] == "open"
+
+
+async def test_cancel_on_disconnect_waits_for_orders_already_read(
+        server: ServerProcess, traders: MakeTrader) -> None:
+    """Orders sent just before the close are queued before the cancel-all, even behind an
+    amend that waits on a read: none is left resting."""
+    a = await traders()
+    ws = await ExchangeWebSocket().connect(server.ws_url)
+    await ws.auth(a.api_key, a.api_secret, cancel_on_disconnect=True)
+    first = (await ws.place_order(market=BTC, side="buy", price="40000",
+                                  size="0.01"))["order"]
+    await ws.send({"op": "order.amend", "id": "amend", "order_id": first["order_id"],
+                   "size": "0.02"})
+    for i in range(10):
+        await ws.send({"op": "order.place", "id": f"p{i}", "market": BTC, "side": "buy",
+                       "price": str(39000 + i), "size": "0.001"})
+    await ws.close()
+    deadline = time.monotonic() + 3
+    orders: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        orders = (await a.client.get_orders(limit=100))["orders"]
+        if len(orders) == 11 and all(o["status"] == "cancelled" for o in orders):
+            break
+        await asyncio.sleep(0.05)
+    assert sorted((o["price"], o["status"], o["cancel_reason"]) for o in orders) == sorted(
+        [("40000", "cancelled", "cancel_on_disconnect")]
+        + [(str(39000 + i), "cancelled", "cancel_on_disconnect") for i in range(10)])
 
 
 # --------------------------------------------------------------------------- slow consumer
