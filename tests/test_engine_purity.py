@@ -16,7 +16,7 @@ ENGINE = Path(__file__).resolve().parent.parent / "engine"
 ALLOWED = {
     "__future__", "collections", "collections.abc", "dataclasses", "decimal", "enum",
     "fractions", "hashlib", "heapq", "itertools", "json", "operator", "types", "typing",
-    "sortedcontainers", "engine",
+    "sortedcontainers", "orjson", "engine",
 }  # fmt: skip
 SOURCES = sorted(ENGINE.glob("*.py"))
 

@@ -1,0 +1,74 @@
+"""The state hash is SHA-256 of one canonical JSON text (sorted keys, no spaces,
+non-ASCII escaped), whichever serializer wrote it: orjson on the fast path, the standard
+library when orjson would write other bytes or refuses the data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from engine.commands import CreateAccount, Deposit
+from engine.exchange import Exchange
+from engine.markets import default_config
+from engine.snapshot import hash_snapshot
+from tests.engine_helpers import run
+
+
+def canonical(snap: dict[str, Any]) -> str:
+    text = json.dumps(snap, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def engine_with(name: str) -> Exchange:
+    ex = Exchange(default_config())
+    run(ex, CreateAccount(name=name, api_key="k", api_secret="s"))
+    run(ex, Deposit(account_id=ex.next_account_id - 1, asset="USDC", amount=5, deposit_id="d"))
+    return ex
+
+
+@pytest.mark.parametrize("name", ["alice", "Zoë 🚀"])
+def test_engine_state_hashes_as_the_canonical_text(name: str) -> None:
+    ex = engine_with(name)
+    snap = ex.snapshot()
+    assert snap["accounts"][-1][1] == name
+    assert hash_snapshot(snap) == canonical(snap) == ex.state_hash()
+
+
+def test_non_ascii_text_hashes_as_the_escaped_canonical_text() -> None:
+    snap = {"name": "Zoë 🚀", "a": [1, 2]}
+    assert "Zo\\u00eb \\ud83d\\ude80" in json.dumps(snap)  # the canonical text
+    assert hash_snapshot(snap) == canonical(snap)
+    assert hash_snapshot(snap) != hash_snapshot({"name": "Zoe 🚀", "a": [1, 2]})
+
+
+def test_data_orjson_refuses_still_hashes() -> None:
+    snap = {"b": 2**70, "a": [1, "x"], "c": {"3": None}}  # beyond 64 bits
+    assert hash_snapshot(snap) == canonical(snap)
+    assert hash_snapshot({"b": 2**70 + 1}) != hash_snapshot({"b": 2**70})
+
+
+def test_orders_are_written_field_by_field_in_order_fields_order() -> None:
+    """`_order_out` spells the fields out for speed; it must equal reading ORDER_FIELDS
+    one by one, for live, finished and untriggered orders of every kind."""
+    from engine.book import ORDER_FIELDS
+    from engine.snapshot import _order_out, order_fields
+    from tests.test_replay_determinism import SEED, build_workload, replay_config
+
+    cfg = replay_config(rebate=True)
+    ex = Exchange(cfg)
+    orders = []
+    for i, cmd in enumerate(build_workload(cfg, SEED, 3000)):
+        ex.apply(cmd)
+        if i % 200 == 0:  # live orders along the way (few are left at the end)
+            orders += [*ex.orders.values()]
+    live = len(orders)
+    orders += [*ex.done.values()]
+    assert live > 50 and len(orders) > 500
+    assert any(o.trigger_price is not None for o in orders)
+    assert any(o.cancel_reason is not None for o in orders)
+    for o in orders:
+        row = _order_out(o)
+        assert len(row) == len(ORDER_FIELDS) and row == order_fields(o)
