@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     data_dir: str = "./data"
     recv_window_ms: int = 5000
     batch_max: int = 512  # sequencer: max commands per group commit
-    ws_queue_size: int = 4096
+    ws_queue_size: int = 4096  # frames queued per client (when not written directly)
+    ws_buffer_bytes: int = 1 << 20  # unsent bytes per client (frames written directly)
+    ws_direct: bool = True  # write frames straight to uvicorn's transport
     snapshot_every: int = 10_000  # commands between snapshots
     snapshot_interval_s: float = 60.0  # or this long, whichever comes first (if anything changed)
     snapshot_keep: int = 3  # newest snapshots kept

@@ -110,7 +110,7 @@ class Runtime:
         self.store: Store | None = None
         self.engine = Exchange(self.config)
         self.marketdata = MarketData(self.config)
-        self.hub = Hub(queue_size=settings.ws_queue_size)
+        self.hub = Hub(queue_size=settings.ws_queue_size, buffer_bytes=settings.ws_buffer_bytes)
         self.keys: dict[str, KeyRecord] = {}
         self.admin_key, admin_secret, _ = admin_credentials(settings)
         self.keys[self.admin_key] = KeyRecord(

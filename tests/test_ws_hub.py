@@ -198,3 +198,105 @@ async def test_a_socket_whose_send_failed_is_aborted_later(
     assert kills == []
     await asyncio.sleep(0.08)
     assert kills == [1]
+
+
+# --------------------------------------------------------------------------- direct sockets
+
+class FakeDirect:
+    """A DirectSocket: records the bytes written; `unsent` is what the kernel has not
+    taken yet; `closing` makes it refuse frames."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.unsent = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> bool:
+        if self.closing:
+            return False
+        self.data.append(data)
+        self.unsent += len(data)
+        return True
+
+    def buffered(self) -> int:
+        return self.unsent
+
+
+def parse_frames(data: bytes) -> list[tuple[int, str]]:
+    """(opcode, text) of every frame in `data`, as a real client reads them."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame as WsFrame
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    # past the handshake, as after a real one
+    client = ClientProtocol(parse_uri("ws://x/"), state=State.OPEN, max_size=None)
+    client.receive_data(data)
+    frames = [e for e in client.events_received() if isinstance(e, WsFrame)]
+    return [(f.opcode.value, f.data.decode()) for f in frames]
+
+
+def test_text_frame_is_rfc6455_framing_for_every_length_class() -> None:
+    assert hub_module.text_frame("hi") == b"\x81\x02hi"
+    assert hub_module.text_frame("é") == b"\x81\x02\xc3\xa9"  # length in bytes
+    mid, big = "m" * 300, "b" * 70_000
+    assert hub_module.text_frame(mid)[:4] == b"\x81\x7e\x01\x2c"
+    assert hub_module.text_frame(big)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
+    data = b"".join(hub_module.text_frame(t) for t in ("hi", "é", mid, big))
+    assert parse_frames(data) == [(1, "hi"), (1, "é"), (1, mid), (1, big)]
+
+
+async def test_direct_sockets_get_the_frame_encoded_once_and_at_once() -> None:
+    hub = Hub()
+    socks = [FakeDirect(), FakeDirect()]
+    conns = [hub.connect(FakeSocket().send, FakeSocket().close, direct=s) for s in socks]
+    for conn in conns:
+        hub.subscribe(conn, "trades:BTC-USDC")
+    assert hub.publish("trades:BTC-USDC", '{"type":"trade"}') == 2
+    # written before any await: no writer task, no queue
+    assert socks[0].data == [b'\x81\x10{"type":"trade"}'] and socks[1].data == socks[0].data
+    assert socks[0].data[0] is socks[1].data[0]  # the same bytes object for all
+    assert all(c._writer is None and c.queue.empty() for c in conns)
+    hub.send(conns[0], '{"type":"pong"}')
+    hub.set_account(conns[1], 7)
+    hub.subscribe(conns[1], "orders")
+    assert hub.send_private(7, "orders", '{"type":"order"}') == 1
+    assert parse_frames(b"".join(socks[0].data)) == [
+        (1, '{"type":"trade"}'), (1, '{"type":"pong"}')]
+    assert parse_frames(b"".join(socks[1].data)) == [
+        (1, '{"type":"trade"}'), (1, '{"type":"order"}')]
+    assert hub.metrics.messages_delivered == 4
+
+
+async def test_a_direct_socket_past_its_buffer_is_dropped_others_are_not() -> None:
+    hub = Hub(buffer_bytes=100)
+    slow, fast = FakeDirect(), FakeDirect()
+    slow_closes, fast_closes = FakeSocket(), FakeSocket()
+    cs = hub.connect(slow_closes.send, slow_closes.close, direct=slow)
+    cf = hub.connect(fast_closes.send, fast_closes.close, direct=fast)
+    for conn in (cs, cf):
+        hub.subscribe(conn, "book:BTC-USDC")
+    frame = "x" * 40  # 42 bytes framed
+    assert hub.publish("book:BTC-USDC", frame) == 2
+    fast.unsent = 0  # the fast client reads; the slow one does not
+    assert hub.publish("book:BTC-USDC", frame) == 2  # 84 unsent: still within 100
+    fast.unsent = 0
+    assert hub.publish("book:BTC-USDC", frame) == 1  # 126 > 100: dropped
+    await settle()
+    assert slow_closes.closes == [(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)]
+    assert cs.closed and hub.subscribers("book:BTC-USDC") == 1 and hub.metrics.drops == 1
+    assert hub.publish("book:BTC-USDC", frame) == 1
+    assert len(slow.data) == 3 and len(fast.data) == 4 and fast_closes.closes == []
+
+
+async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow() -> None:
+    hub = Hub()
+    sock, closes = FakeDirect(), FakeSocket()
+    conn = hub.connect(closes.send, closes.close, direct=sock)
+    hub.subscribe(conn, "ticker:BTC-USDC")
+    sock.closing = True
+    assert hub.publish("ticker:BTC-USDC", "1") == 0
+    await settle()
+    assert conn.gone and conn.closed and hub.metrics.connections == 0
+    assert hub.metrics.drops == 0 and closes.closes == [] and sock.data == []
+    assert hub.send(conn, "late reply") is False

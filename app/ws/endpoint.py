@@ -285,6 +285,55 @@ class KeepRawSend:
         await self.app(scope, receive, send)
 
 
+class UvicornSocket:
+    """Whole frames straight to the transport of uvicorn's websockets-sansio protocol,
+    while that protocol would still send them itself (open, no close frame sent).
+
+    The transport's high-water mark is raised above the hub's limit on unsent bytes:
+    uvicorn's own `send` (the close frame, say) waits while the transport is paused,
+    so a consumer dropped for being slow still gets its 4008 close frame at once,
+    behind the data it has not read."""
+
+    __slots__ = ("_proto", "_transport", "_open")
+
+    def __init__(self, proto: Any, max_buffer: int) -> None:
+        self._proto = proto
+        self._transport = proto.transport
+        self._open = type(proto.conn.state).OPEN
+        self._transport.set_write_buffer_limits(high=2 * max_buffer + (4 << 20))
+
+    @classmethod
+    def of(cls, raw_send: Any, max_buffer: int) -> UvicornSocket | None:
+        """The socket behind uvicorn's own ASGI `send`, or None for another server."""
+        proto = getattr(raw_send, "__self__", None)
+        needed = ("transport", "conn", "close_sent", "disconnected")
+        if proto is None or not all(hasattr(proto, name) for name in needed):
+            return None
+        transport = proto.transport
+        if not all(
+            hasattr(transport, name)
+            for name in ("write", "get_write_buffer_size", "set_write_buffer_limits")
+        ) or not hasattr(proto.conn, "state"):
+            return None
+        return cls(proto, max_buffer)
+
+    def write(self, data: bytes) -> bool:
+        proto, transport = self._proto, self._transport
+        if (
+            proto.close_sent
+            or proto.disconnected
+            or transport.is_closing()
+            or proto.conn.state is not self._open
+        ):
+            return False
+        transport.write(data)
+        return True
+
+    def buffered(self) -> int:
+        size: int = self._transport.get_write_buffer_size()
+        return size
+
+
 def _transport_abort(websocket: WebSocket) -> Callable[[], None] | None:
     """The socket's `transport.abort`, when the ASGI server exposes it (see KeepRawSend)."""
     send = websocket.scope.get(RAW_SEND, getattr(websocket, "_send", None))
@@ -307,7 +356,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         else:
             await websocket.send_text(text)
 
-    conn = rt.hub.connect(send, lambda code, reason: websocket.close(code, reason))
+    # frames straight to uvicorn's transport (encoded once per publish), else queued
+    direct = UvicornSocket.of(raw_send, rt.hub.buffer_bytes) if rt.settings.ws_direct else None
+    conn = rt.hub.connect(send, lambda code, reason: websocket.close(code, reason), direct=direct)
     conn.owner = asyncio.current_task()
     conn.kill = _transport_abort(websocket)
     session = Session(rt, conn)

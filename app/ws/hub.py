@@ -1,11 +1,19 @@
-"""WebSocket fan-out hub: channels -> connections, one bounded queue per connection.
+"""WebSocket fan-out hub: channels -> connections, each with a bounded send buffer.
 
 The rule owned here: NEVER AWAIT THE SLOWEST CLIENT. `publish` and `send_private`
-are plain functions: they put the same, already serialized frame object on each
-subscriber's bounded queue with `put_nowait` and return. Each connection has its own
-writer task that drains its queue into the socket. A connection whose queue is full
-is disconnected with code 4008 ("slow consumer: send queue full") and removed from
-every channel; it resyncs from a snapshot when it reconnects.
+are plain functions that never wait. Two ways to a socket:
+
+* direct (uvicorn, see app/ws/endpoint.py): the frame is encoded ONCE per publish
+  (`text_frame`: RFC 6455 framing, unmasked, uncompressed) and the same bytes are
+  written to each subscriber's transport, like `websockets.broadcast`. A connection
+  whose unsent bytes then exceed its `max_buffer` is a slow consumer;
+* queued (any other server, and the unit tests): the frame object goes on the
+  connection's bounded queue with `put_nowait`, drained by the connection's own
+  writer task; a full queue makes a slow consumer.
+
+A slow consumer is disconnected with code 4008 ("slow consumer: send queue full")
+and removed from every channel; it resyncs from a snapshot when it reconnects. A
+connection whose socket is already closing is just forgotten.
 
 Private channels (`orders`, `fills`, `account`, `margin`) are per account: a frame
 sent with `send_private(account_id, channel, frame)` reaches only the connections
@@ -13,7 +21,7 @@ authenticated as that account (`set_account`) that subscribed to that channel.
 
 The hub is framework-agnostic: a connection is given a `send(frame)` coroutine
 function and a `close(code, reason)` coroutine function (e.g. Starlette's
-`websocket.send_bytes` / `websocket.close`).
+`websocket.send_text` / `websocket.close`), and optionally a `DirectSocket`.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Frame = bytes | str
 SendFn = Callable[[Frame], Awaitable[None]]
@@ -37,6 +45,28 @@ ABORT_AFTER_S = 10.0  # then how long before its TCP connection is aborted
 _ids = itertools.count(1)
 
 
+class DirectSocket(Protocol):
+    """A socket that takes whole encoded frames synchronously."""
+
+    def write(self, data: bytes) -> bool:
+        """Write one whole frame; False (nothing written) once the socket is closing."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+
+
+def text_frame(frame: Frame) -> bytes:
+    """`frame` as one final, unmasked, uncompressed WebSocket text frame (RFC 6455 5.2;
+    with permessage-deflate, RSV1 clear marks an uncompressed message, RFC 7692)."""
+    payload = frame.encode() if isinstance(frame, str) else frame
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 @dataclass(slots=True)
 class HubMetrics:
     connections: int = 0  # currently registered
@@ -46,14 +76,25 @@ class HubMetrics:
 
 
 class Connection:
-    """One client socket: a bounded outgoing queue drained by its own writer task."""
+    """One client socket: written directly, or through a bounded outgoing queue drained
+    by its own writer task."""
 
-    def __init__(self, send: SendFn, close: CloseFn, queue_size: int = 1000) -> None:
+    def __init__(
+        self,
+        send: SendFn,
+        close: CloseFn,
+        queue_size: int = 1000,
+        direct: DirectSocket | None = None,
+        max_buffer: int = 1 << 20,
+    ) -> None:
         self.id = next(_ids)
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=queue_size)
+        self.direct = direct
+        self.max_buffer = max_buffer  # unsent bytes a direct socket may hold
         self.channels: set[str] = set()
         self.account_id: int | None = None
         self.closed = False
+        self.gone = False  # the socket was closing when a frame came: not a slow consumer
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._send = send
@@ -70,13 +111,24 @@ class Connection:
 
     def start(self, metrics: HubMetrics, on_dead: Callable[[Connection], None]) -> None:
         self._metrics, self._on_dead = metrics, on_dead
-        if self._writer is None:
+        if self._writer is None and self.direct is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
-    def offer(self, frame: Frame) -> bool:
-        """Queue a frame without waiting; False when the queue is full (or closed)."""
+    def offer(self, frame: Frame, data: bytes | None = None) -> bool:
+        """Send or queue a frame without waiting (`data`: the frame already encoded by
+        `text_frame`, for a direct socket). False when the connection is closed, its
+        socket is closing (`gone`), or it is too far behind: the frame did not fit in
+        its queue, or a direct socket now holds more than `max_buffer` unsent bytes."""
         if self.closed:
             return False
+        direct = self.direct
+        if direct is not None:
+            if not direct.write(text_frame(frame) if data is None else data):
+                self.gone = True
+                return False
+            if self._metrics is not None:
+                self._metrics.messages_delivered += 1
+            return direct.buffered() <= self.max_buffer
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -144,16 +196,25 @@ class Connection:
 class Hub:
     """Channel registry and fan-out; see the module docstring for the rule."""
 
-    def __init__(self, queue_size: int = 1000) -> None:
+    def __init__(self, queue_size: int = 1000, buffer_bytes: int = 1 << 20) -> None:
         self.queue_size = queue_size
+        self.buffer_bytes = buffer_bytes
         self.metrics = HubMetrics()
         self._conns: set[Connection] = set()
         self._channels: dict[str, set[Connection]] = {}
         self._accounts: dict[int, set[Connection]] = {}
 
-    def connect(self, send: SendFn, close: CloseFn, queue_size: int | None = None) -> Connection:
-        """Create a connection with the hub's queue size and register it."""
-        conn = Connection(send, close, queue_size or self.queue_size)
+    def connect(
+        self,
+        send: SendFn,
+        close: CloseFn,
+        queue_size: int | None = None,
+        direct: DirectSocket | None = None,
+    ) -> Connection:
+        """Create a connection with the hub's queue and buffer sizes and register it."""
+        conn = Connection(
+            send, close, queue_size or self.queue_size, direct, self.buffer_bytes
+        )
         self.register(conn)
         return conn
 
@@ -226,26 +287,26 @@ class Hub:
         return len(self._channels.get(channel, ()))
 
     def send(self, conn: Connection, frame: Frame) -> bool:
-        """Queue a frame for one connection (replies, snapshots); drops it if full."""
+        """Send a frame to one connection (replies, snapshots); drops it if too slow."""
         if conn.offer(frame):
             return True
-        if conn in self._conns:
-            self._drop(conn)
+        self._failed(conn)
         return False
 
     def publish(self, channel: str, frame: Frame) -> int:
-        """Queue `frame` (the same object) for every subscriber; never awaits.
+        """Send `frame` to every subscriber (encoded once); never awaits.
 
-        Returns how many subscribers got it; the others were too slow and are dropped.
+        Returns how many subscribers are keeping up; the others are dropped.
         """
         subs = self._channels.get(channel)
         if not subs:
             return 0
         count = len(subs)
-        slow = [conn for conn in subs if not conn.offer(frame)]
-        for conn in slow:
-            self._drop(conn)
-        return count - len(slow)
+        data = text_frame(frame)
+        failed = [conn for conn in subs if not conn.offer(frame, data)]
+        for conn in failed:
+            self._failed(conn)
+        return count - len(failed)
 
     def has_accounts(self) -> bool:
         """Whether any authenticated connection is registered."""
@@ -263,10 +324,20 @@ class Hub:
         if not conns:
             return 0
         targets = [c for c in conns if channel in c.channels]
-        slow = [c for c in targets if not c.offer(frame)]
-        for conn in slow:
+        data = text_frame(frame)
+        failed = [c for c in targets if not c.offer(frame, data)]
+        for conn in failed:
+            self._failed(conn)
+        return len(targets) - len(failed)
+
+    def _failed(self, conn: Connection) -> None:
+        """A frame did not go through: forget a closing socket, drop a slow one."""
+        if conn not in self._conns:
+            return
+        if conn.gone:
+            self.unregister(conn)
+        else:
             self._drop(conn)
-        return len(targets) - len(slow)
 
     def _drop(self, conn: Connection) -> None:
         self.metrics.drops += 1

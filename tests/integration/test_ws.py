@@ -22,6 +22,7 @@ import httpx
 import orjson
 import pytest
 from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
@@ -664,11 +665,15 @@ async def slow_disconnects(http: httpx.AsyncClient) -> int:
     raise AssertionError("no slow-disconnect metric")
 
 
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A separate SQLite server whose WebSocket send queues hold only 5 frames."""
-    gen = start_server("sqlite", tmp_path_factory.mktemp("slow"),
-                       {"EXCHANGE_WS_QUEUE_SIZE": "5"})
+@pytest.fixture(scope="module", params=["direct", "queued"])
+def slow_server(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A separate SQLite server whose WebSocket clients may lag by only 64 KiB of frames
+    written straight to the socket (the default way), or, with direct writes off, by 5
+    queued frames."""
+    env = {"EXCHANGE_WS_BUFFER_BYTES": "65536", "EXCHANGE_WS_QUEUE_SIZE": "5",
+           "EXCHANGE_WS_DIRECT": "true" if request.param == "direct" else "false"}
+    gen = start_server("sqlite", tmp_path_factory.mktemp("slow"), env)
     srv = next(gen)
     try:
         yield srv
@@ -691,6 +696,28 @@ async def test_slow_consumer_is_closed_with_4008(slow_server: ServerProcess) -> 
     async with slow_trader(slow_server) as trader, \
             httpx.AsyncClient(base_url=slow_server.base_url) as http:
         await run_slow_consumer(slow_server, trader, http)
+
+
+async def test_a_burst_that_fits_a_direct_socket_overflows_a_5_frame_queue(
+        slow_server: ServerProcess, request: pytest.FixtureRequest) -> None:
+    """One subscribe to 6 books answers with 7 frames at once: a reading client keeps
+    them all when frames go straight to its socket, and is dropped by a 5-frame queue
+    (which tells that the server really writes directly by default)."""
+    ws = await ExchangeWebSocket(request_timeout=5).connect(slow_server.ws_url)
+    try:
+        books = [f"book:{m}" for m in
+                 ("BTC-USDC", "ETH-USDC", "SOL-USDC", "BTC-PERP", "ETH-PERP", "SOL-PERP")]
+        if request.node.callspec.params["slow_server"] == "direct":
+            assert (await ws.subscribe(books))["channels"] == books
+            snapshots = [await ws.recv(timeout=5) for _ in books]
+            assert [m["type"] for m in snapshots] == ["book_snapshot"] * 6
+            await assert_alive(ws)
+        else:
+            with pytest.raises(ConnectionClosed):
+                await ws.subscribe(books)
+            assert ws.close_code == 4008
+    finally:
+        await ws.close()
 
 
 async def test_slow_consumer_that_keeps_not_reading_is_still_closed(
