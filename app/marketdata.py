@@ -1,15 +1,16 @@
 """Public market data read model: L2 books, recent trades, candles, tickers.
 
 Rules owned here:
-* Fed only by engine events, after commit, in seq order (`on_command`); it never
+* Fed only by engine events, after commit, in seq order (`on_batch`); it never
   touches engine state and does no I/O.
 * Each public message is serialized ONCE (orjson) and returned as (channel, bytes)
   for the hub to fan out unchanged.
 * Book messages of a market chain: a message's `prev_seq` is the `seq` of the
   previous book message of that market (0 at start) and a snapshot carries the seq
   of the last delta applied, so a client detects gaps. All `BookDelta`s of one
-  market in one command are merged into one message. `checksum` is taken over the
-  top 25 levels of the book after the message (exchange_client.checksum).
+  market in one committed batch are merged into one message (`on_batch`), whose
+  `seq` is that of the last command that changed the book. `checksum` is taken
+  over the top 25 levels of the book after the message (exchange_client.checksum).
 * Candles (1m, 5m, 1h) are keyed by the trade's timestamp bucket; periods without
   trades produce no candle. The ticker's 24h figures come from the 1m candles
   whose bucket lies in the 24h ending at `now_ts`.
@@ -18,7 +19,7 @@ Rules owned here:
 from __future__ import annotations
 
 import zlib
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -171,51 +172,74 @@ class MarketData:
         self.funding: dict[str, tuple[int, int, int]] = {}
         self.open_interest: dict[str, int] = {}  # perp -> sum of long positions
         self.seq = 0
+        # asset -> the markets whose ticker an index update of that asset changes
+        self._markets_of: defaultdict[str, dict[str, None]] = defaultdict(dict)
+        for m, b in self.books.items():
+            self._markets_of[b.spec.base][m] = None
 
     # -- feeding -----------------------------------------------------------------
 
     def on_command(self, seq: int, ts: int, events: Sequence[Event]) -> list[Message]:
-        self.seq = seq
-        deltas: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
-        trades: list[TradeEvent] = []
-        indexed: list[str] = []
-        sampled: list[str] = []
-        for ev in events:
-            if isinstance(ev, BookDelta) and ev.market in self.books:
-                bids, asks = deltas.setdefault(ev.market, ({}, {}))
-                bids.update(ev.bids)
-                asks.update(ev.asks)
-            elif isinstance(ev, TradeEvent) and ev.market in self.books:
-                trades.append(ev)
-            elif isinstance(ev, MarketStateChanged) and ev.market in self.books:
-                self._state[ev.market] = ev.state.value
-            elif isinstance(ev, IndexUpdated):
-                self.indexes[ev.asset] = (ev.price, ev.ts, False)
-                indexed.append(ev.asset)
-            elif isinstance(ev, IndexStale):
-                self.indexes[ev.asset] = (ev.price, ev.set_ts, True)
-                indexed.append(ev.asset)
-            elif isinstance(ev, FundingSampled) and ev.market in self.books:
-                self.funding[ev.market] = (ev.rate, ev.basis, ev.next_funding_ts)
-                self.open_interest[ev.market] = ev.open_interest
-                sampled.append(ev.market)
-            elif isinstance(ev, OpenInterestChanged) and ev.market in self.books:
-                self.open_interest[ev.market] = ev.open_interest
-                sampled.append(ev.market)
-        out = [self._book_delta(seq, m, b, a) for m, (b, a) in deltas.items() if b or a]
+        return self.on_batch([(seq, ts, events)])
+
+    def on_batch(self, commands: Sequence[tuple[int, int, Sequence[Event]]]) -> list[Message]:
+        """The messages of a committed batch, in this order: one book delta per market
+        whose book changed (its `seq` that of the batch's last command changing it),
+        then the trades in order, then the last ticker and candles of each market
+        touched (they are state: what they were mid-batch is superseded)."""
+        deltas: dict[str, tuple[dict[int, int], dict[int, int], int]] = {}
+        trades: list[Message] = []
         touched: dict[tuple[str, str], Candle] = {}
-        for tr in trades:
-            out.append((f"trades:{tr.market}", self._trade(tr, touched)))
-        ticked = dict.fromkeys(tr.market for tr in trades)
-        ticked.update(dict.fromkeys(sampled))
-        if indexed:
-            ticked.update(dict.fromkeys(m for m, b in self.books.items() if b.spec.base in indexed))
+        ticked: dict[str, None] = {}
+        for seq, _ts, events in commands:
+            self.seq = seq
+            self._collect(seq, events, deltas, trades, touched, ticked)
+        ts = commands[-1][1] if commands else 0  # the tickers' "now"
+        out = [self._book_delta(s, m, b, a) for m, (b, a, s) in deltas.items() if b or a]
+        out += trades
         for market in ticked:
             out.append((f"ticker:{market}", _dumps("ticker", self.ticker(market, ts))))
         for (market, iv), candle in touched.items():
             wire = self._candle_wire(market, iv, candle)
             out.append((f"candles:{market}:{iv}", _dumps("candle", wire)))
         return out
+
+    def _collect(
+        self,
+        seq: int,
+        events: Sequence[Event],
+        deltas: dict[str, tuple[dict[int, int], dict[int, int], int]],
+        trades: list[Message],
+        touched: dict[tuple[str, str], Candle],
+        ticked: dict[str, None],
+    ) -> None:
+        """One command's events into the batch's accumulators (the read models that are
+        not books change here: trades, candles, indexes, funding, market states)."""
+        books = self.books
+        for ev in events:
+            if isinstance(ev, BookDelta) and ev.market in books:
+                bids, asks, _ = deltas.get(ev.market) or ({}, {}, seq)
+                bids.update(ev.bids)
+                asks.update(ev.asks)
+                deltas[ev.market] = (bids, asks, seq)
+            elif isinstance(ev, TradeEvent) and ev.market in books:
+                trades.append((f"trades:{ev.market}", self._trade(ev, touched)))
+                ticked[ev.market] = None
+            elif isinstance(ev, MarketStateChanged) and ev.market in books:
+                self._state[ev.market] = ev.state.value
+            elif isinstance(ev, IndexUpdated):
+                self.indexes[ev.asset] = (ev.price, ev.ts, False)
+                ticked.update(self._markets_of[ev.asset])
+            elif isinstance(ev, IndexStale):
+                self.indexes[ev.asset] = (ev.price, ev.set_ts, True)
+                ticked.update(self._markets_of[ev.asset])
+            elif isinstance(ev, FundingSampled) and ev.market in books:
+                self.funding[ev.market] = (ev.rate, ev.basis, ev.next_funding_ts)
+                self.open_interest[ev.market] = ev.open_interest
+                ticked[ev.market] = None
+            elif isinstance(ev, OpenInterestChanged) and ev.market in books:
+                self.open_interest[ev.market] = ev.open_interest
+                ticked[ev.market] = None
 
     def index_wire(self, asset: str, quote_decimals: int) -> Wire | None:
         """An asset's index for the wire: price, when it was set, whether it is stale."""

@@ -314,21 +314,17 @@ class Runtime:
                 keys[e.api_key] = replace(keys[e.api_key], revoked=True)
 
     def publish(self, entries: Sequence[Entry]) -> None:
-        """Fan a committed batch out. Book deltas and trades go out in order; tickers and
-        candles are state, so only the last one per channel in the batch is sent (a burst of
-        512 commands must not flood every subscriber's buffer with superseded snapshots)."""
+        """Fan a committed batch out: one book delta per market changed, the trades in
+        order, the last ticker and candles (MarketData.on_batch: a burst of 512 commands
+        must not flood every subscriber's buffer with superseded states); then the
+        private pushes, command by command."""
         hub = self.hub
-        latest: dict[str, str] = {}
-        for seq, ts, _cmd, events in entries:
-            for channel, frame in self.marketdata.on_command(seq, ts, events):
-                if channel.startswith(("ticker:", "candles:")):
-                    latest[channel] = frame.decode()
-                else:
-                    hub.publish(channel, frame.decode())  # text frames, serialized once per event
+        batch = [(seq, ts, events) for seq, ts, _cmd, events in entries]
+        for channel, frame in self.marketdata.on_batch(batch):
+            hub.publish(channel, frame.decode())  # text frames, serialized once per message
+        for seq, _ts, events in batch:
             self._update_keys(events)
             self._publish_private(seq, events)
-        for channel, text in latest.items():
-            hub.publish(channel, text)
         self._maybe_snapshot()
 
     def _publish_private(self, seq: int, events: Sequence[Event]) -> None:

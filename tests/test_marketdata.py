@@ -116,6 +116,36 @@ def test_book_deltas_chain_per_market_and_remove_levels(md: MarketData) -> None:
     assert md.book_snapshot("ETH-USDC")["seq"] == 7
 
 
+def test_a_batch_sends_one_delta_per_market_then_trades_then_the_last_ticker(
+        md: MarketData) -> None:
+    md.on_command(3, H, [delta([("64990", "1")], [("65010", "1")])])
+    batch = [
+        (4, H + 1, [delta([("64995", "2")], [])]),
+        (5, H + 2, [delta([], [("65010", "0.5")]), trade("65010", "0.5", Side.BUY, H + 2)]),
+        (6, H + 3, [delta([("64995", "0")], [], market="ETH-USDC")]),
+        (7, H + 4, []),  # changes nothing
+        (8, H + 5, [delta([("64995", "0"), ("64996", "1")], []),
+                    trade("64990", "0.25", Side.SELL, H + 5)]),
+    ]
+    out = decoded(md.on_batch(batch))
+    assert [channel for channel, _ in out] == [
+        "book:BTC-USDC", "book:ETH-USDC", "trades:BTC-USDC", "trades:BTC-USDC",
+        "ticker:BTC-USDC", "candles:BTC-USDC:1m", "candles:BTC-USDC:5m", "candles:BTC-USDC:1h"]
+    btc_bids = [["64996", "1"], ["64990", "1"]]
+    assert out[0][1] == {
+        "type": "book_delta", "market": BTC, "seq": 8, "prev_seq": 3,  # 4, 5 and 8 merged
+        "bids": [["64996", "1"], ["64995", "0"]], "asks": [["65010", "0.5"]],
+        "checksum": book_checksum(btc_bids, [["65010", "0.5"]]),
+    }
+    assert (out[1][1]["seq"], out[1][1]["prev_seq"]) == (6, 0)
+    assert [(m["price"], m["side"]) for _, m in out[2:4]] == [("65010", "buy"), ("64990", "sell")]
+    ticker = out[4][1]
+    assert (ticker["last"], ticker["best_bid"], ticker["best_ask"]) == ("64990", "64996", "65010")
+    assert out[5][1]["close"] == "64990" and out[5][1]["trades"] == 2
+    assert md.book_snapshot(BTC)["seq"] == 8 and md.seq == 8
+    assert md.on_batch([]) == []
+
+
 def test_checksum_covers_top_25_only_and_tracks_every_change(md: MarketData) -> None:
     rng = random.Random(7)
     bids: dict[int, int] = {}
