@@ -68,6 +68,7 @@ from engine.types import MarginState, MarketState, Side
 log = logging.getLogger("exchange.runtime")
 MARKETDATA_TRADES = 5000  # newest trades per market replayed into candles/tickers at start
 HEALTH_PUSH_S = 1.0  # how often connected accounts get their health, when it changed
+SNAPSHOT_DUTY = 20  # a snapshot waits at least 20x the last one's cost: at most ~5% of the time
 MARGIN_EVENTS = (MarginStateChanged, LiquidationSlice, BadDebt)  # the private `margin` channel
 ACCOUNT_EVENTS = (PositionChanged, FundingPayment, *MARGIN_EVENTS)  # pushed to one account
 
@@ -92,6 +93,12 @@ def new_admin_credentials(path: Path) -> tuple[str, str]:
     with os.fdopen(fd, "w") as fh:
         json.dump({"api_key": key, "api_secret": secret}, fh)
     return key, secret
+
+
+def _timed_encode(snap: dict[str, Any]) -> tuple[tuple[bytes, int, str], float]:
+    """encode_snapshot, and the seconds it took."""
+    started = time.perf_counter()
+    return encode_snapshot(snap), time.perf_counter() - started
 
 
 def _freeze_long_lived() -> None:
@@ -130,6 +137,7 @@ class Runtime:
         self.recovery = RecoveryReport()
         self._snap_seq = 0
         self._snap_time = time.monotonic()
+        self._snap_cost = 0.0  # seconds the last snapshot took to copy and encode
         self._snapshot_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
 
@@ -261,8 +269,11 @@ class Runtime:
 
     # ----------------------------------------------------------- snapshots
     def _maybe_snapshot(self) -> None:
-        """After a commit: snapshot when N commands or T seconds have passed since the last.
-        The copy is taken here, at a seq boundary; encoding and writing run off the loop."""
+        """After a commit: snapshot when N commands or T seconds have passed since the last,
+        but never sooner than SNAPSHOT_DUTY times what the last one cost (its copy and its
+        encoding): a big state under a high command rate must not spend its time
+        snapshotting. The copy is taken here, at a seq boundary; encoding and writing run
+        off the loop."""
         engine = self.engine
         if self._snapshot_task is not None and not self._snapshot_task.done():
             return
@@ -270,11 +281,14 @@ class Runtime:
         if behind <= 0:
             return
         settings = self.settings
-        if behind < settings.snapshot_every and (
-            time.monotonic() - self._snap_time < settings.snapshot_interval_s
-        ):
+        since = time.monotonic() - self._snap_time
+        if behind < settings.snapshot_every and since < settings.snapshot_interval_s:
             return
+        if since < SNAPSHOT_DUTY * self._snap_cost:
+            return
+        started = time.perf_counter()
         snap = engine.snapshot()
+        self._snap_cost = time.perf_counter() - started
         self._snap_seq, self._snap_time = engine.last_seq, time.monotonic()
         self._snapshot_task = asyncio.create_task(
             self._write_snapshot(engine.last_seq, engine.last_ts, snap)
@@ -283,7 +297,8 @@ class Runtime:
     async def _write_snapshot(self, seq: int, ts: int, snap: dict[str, Any]) -> None:
         assert self.store is not None
         try:
-            data, checksum, state_hash = await asyncio.to_thread(encode_snapshot, snap)
+            (data, checksum, state_hash), took = await asyncio.to_thread(_timed_encode, snap)
+            self._snap_cost += took
             await self.store.save_snapshot(
                 seq, ts, state_hash, checksum, data, self.settings.snapshot_keep
             )
