@@ -2,7 +2,7 @@
 
     python loadtests/bench_ws.py [--only entry|fanout] [--seconds 10] [--runs 3]
         [--connections 16] [--window 1,8] [--subscribers 1000] [--slow 10] [--traders 4]
-        [--backend sqlite|postgres] [--postgres-url URL] [--server-queue N]
+        [--backend sqlite|postgres] [--postgres-url URL] [--server-buffer BYTES]
 
 The default run takes about 4 minutes on a 2-core box; the smoke run
 `python loadtests/bench_ws.py --seconds 1 --runs 1 --subscribers 50` about 30 s. Prints
@@ -56,9 +56,10 @@ received per second by the healthy subscribers together.
   with `websockets.broadcast(subscribers, frame, text=True)`, one frame per event-loop
   turn (its sockets get written between frames), as fast as it can. Same subscribers,
   same frames, both servers saturated. The peer drops a subscriber whose write buffer
-  holds more than our hub would queue (the server's queue size x the mean frame size +
-  the 64 KiB transport high-water mark): closed with 4008 and aborted 5 s later, as our
-  hub means to (`websockets`' own `close()` would wait forever for the buffer to drain).
+  holds more than our hub lets a client lag by (`--server-buffer`, the server's
+  EXCHANGE_WS_BUFFER_BYTES, 1 MiB by default): closed with 4008 and aborted 5 s later, as
+  our hub means to (`websockets`' own `close()` would wait forever for the buffer to
+  drain).
 * slow consumers set a 4 KiB receive buffer and announce a 1,460-byte MSS before
   connecting, like a client across a network: over loopback (64 KiB segments) Linux
   would let the server's socket buffer ~2.8 MB for them, minutes of data. After the runs
@@ -126,8 +127,7 @@ ORDERS_PER_FEED = 4000  # distinct order frames per connection, cycled
 ENTRY_TARGET = 0.8  # issue: >= 0.8x the bare server's messages/s
 FANOUT_TARGET = 0.75  # issue: >= 0.75x websockets.broadcast deliveries/s
 SERVER_CPU, LOAD_CPU = 0, 1
-DEFAULT_QUEUE = 4096  # app/config.py ws_queue_size
-UVICORN_HIGH_WATER = 64 * 1024  # asyncio / uvloop transport default
+DEFAULT_BUFFER = 1 << 20  # app/config.py ws_buffer_bytes
 SLOW_RCVBUF = 4096
 SLOW_MSS = 1460  # an Ethernet-sized segment, as a client across a network would announce
 CLOSE_WAIT_S = 5.0  # app/ws/hub.py CLOSE_TIMEOUT_S; the peer uses the same close timeout
@@ -1181,8 +1181,7 @@ async def fanout_section(
     kinds = collections.Counter(orjson.loads(f)["type"] for f in frames)
     frames_path = tmp / "frames.jsonl"
     frames_path.write_bytes(b"\n".join(frames))
-    queue = args.server_queue or DEFAULT_QUEUE
-    drop_bytes = int(queue * mean_frame) + UVICORN_HIGH_WATER
+    drop_bytes = args.server_buffer or DEFAULT_BUFFER
 
     control = PeerControl(await connect(f"ws://127.0.0.1:{peer.port}/", max_size=2**24))
     await control.request("bench.load", path=str(frames_path), drop_bytes=drop_bytes)
@@ -1347,7 +1346,7 @@ async def run(args: argparse.Namespace) -> int:
             db_url, backend = pg_url, "PostgreSQL"
         else:
             db_url, backend = f"sqlite+aiosqlite:///{tmp / 'exchange.db'}", "SQLite"
-        env = {"EXCHANGE_WS_QUEUE_SIZE": str(args.server_queue)} if args.server_queue else {}
+        env = {"EXCHANGE_WS_BUFFER_BYTES": str(args.server_buffer)} if args.server_buffer else {}
         server = ServerProcess(db_url, tmp / "data", env)
         server.prefix = pin_prefix(SERVER_CPU)
         log(f"starting our server ({backend}) and the peer")
@@ -1423,7 +1422,8 @@ def main() -> int:
     ap.add_argument("--verify", type=int, default=8, help="subscribers that parse every frame")
     ap.add_argument("--traders", type=int, default=4, help="order sockets driving the fan-out")
     ap.add_argument("--drop-timeout", type=float, default=240.0)
-    ap.add_argument("--server-queue", type=int, default=None, help="EXCHANGE_WS_QUEUE_SIZE")
+    ap.add_argument("--server-buffer", type=int, default=None,
+                    help="EXCHANGE_WS_BUFFER_BYTES (and the peer's drop limit)")
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument("--postgres-url", default=os.environ.get("EXCHANGE_TEST_POSTGRES_URL"))
     ap.add_argument("--seed", type=int, default=1)

@@ -289,10 +289,16 @@ async def test_a_direct_socket_past_its_buffer_is_dropped_others_are_not() -> No
     assert len(slow.data) == 3 and len(fast.data) == 4 and fast_closes.closes == []
 
 
-async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow() -> None:
+async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing (by the client, or by uvicorn's keepalive while the client reads nothing):
+    forgotten, and its TCP connection aborted ABORT_AFTER_S later."""
+    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 0.05)
     hub = Hub()
     sock, closes = FakeDirect(), FakeSocket()
     conn = hub.connect(closes.send, closes.close, direct=sock)
+    kills: list[int] = []
+    conn.kill = lambda: kills.append(1)
     hub.subscribe(conn, "ticker:BTC-USDC")
     sock.closing = True
     assert hub.publish("ticker:BTC-USDC", "1") == 0
@@ -300,3 +306,6 @@ async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow() -> Non
     assert conn.gone and conn.closed and hub.metrics.connections == 0
     assert hub.metrics.drops == 0 and closes.closes == [] and sock.data == []
     assert hub.send(conn, "late reply") is False
+    assert kills == []
+    await asyncio.sleep(0.1)
+    assert kills == [1]

@@ -150,9 +150,9 @@ class Connection:
                 self._on_dead(self)
             # closed by the server's keepalive, say, while the client read nothing: that
             # close waits for a buffer that never drains, so abort it in a while
-            self._abort_later()
+            self.abort_later()
 
-    def _abort_later(self) -> None:
+    def abort_later(self) -> None:
         """Drop the TCP connection ABORT_AFTER_S from now, if the server lets us."""
         if self.kill is not None:
             asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
@@ -188,7 +188,7 @@ class Connection:
             if self.owner is not None and not self.owner.done():
                 self.ended_by_hub = True
                 self.owner.cancel()
-            self._abort_later()
+            self.abort_later()
         except Exception:
             pass  # the client went away meanwhile: its session ends by itself
 
@@ -334,8 +334,9 @@ class Hub:
         """A frame did not go through: forget a closing socket, drop a slow one."""
         if conn not in self._conns:
             return
-        if conn.gone:
+        if conn.gone:  # closed by the server (uvicorn's keepalive, say) or the client:
             self.unregister(conn)
+            conn.abort_later()  # a client reading nothing would keep the socket forever
         else:
             self._drop(conn)
 

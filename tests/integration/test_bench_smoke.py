@@ -63,7 +63,7 @@ def test_rest_benchmark() -> None:
 
 def test_websocket_benchmark_drops_slow_consumers_without_stalling_the_rest() -> None:
     out = run_bench("loadtests/bench_ws.py", "--seconds", "1", "--runs", "1", "--window", "1",
-                    "--subscribers", "50", "--slow", "3", "--server-queue", "64")
+                    "--subscribers", "50", "--slow", "3", "--server-buffer", "65536")
     ours = table_rows(out, "ours")
     entry = next(r for r in ours if len(r) == 10)  # order entry: msgs/s ... ours ÷ peer
     fanout = next(r for r in ours if len(r) == 9)  # fan-out: deliveries/s ... ours ÷ peer
