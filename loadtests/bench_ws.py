@@ -1292,9 +1292,9 @@ async def fanout_section(
         )
     lines += [
         "",
-        f"Server queue {queue} frames per connection (the peer drops at {drop_bytes:,} bytes of "
-        f"send buffer); our `exchange_ws_clients` at the end: {our_clients} (expected "
-        f"{args.traders} traders + {healthy:,} healthy subscribers). Close codes: 4008 = "
+        f"A subscriber may lag by {drop_bytes:,} unsent bytes (our EXCHANGE_WS_BUFFER_BYTES; "
+        f"the peer drops at the same); our `exchange_ws_clients` at the end: {our_clients} "
+        f"(expected {args.traders} traders + {healthy:,} healthy subscribers). Close codes: 4008 = "
         "slow consumer, 1011 = keepalive ping timeout, none = the connection ended without "
         "a close frame (EOF, or reset: the buffered frames were lost).",
     ]
