@@ -152,7 +152,7 @@ class Book:
 
 
 class MarketData:
-    """All public read models; `on_command` returns the messages to publish."""
+    """All public read models; `on_batch` (or `on_command`) returns the messages to publish."""
 
     def __init__(self, config: ExchangeConfig) -> None:
         self.config = config

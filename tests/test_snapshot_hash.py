@@ -29,7 +29,7 @@ def engine_with(name: str) -> Exchange:
     return ex
 
 
-@pytest.mark.parametrize("name", ["alice", "Zoë 🚀"])
+@pytest.mark.parametrize("name", ["alice", "Zoë 🚀", "a\x7fb", "tab\tand \"quote\" \\"])
 def test_engine_state_hashes_as_the_canonical_text(name: str) -> None:
     ex = engine_with(name)
     snap = ex.snapshot()

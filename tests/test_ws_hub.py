@@ -277,16 +277,30 @@ async def test_a_direct_socket_past_its_buffer_is_dropped_others_are_not() -> No
     for conn in (cs, cf):
         hub.subscribe(conn, "book:BTC-USDC")
     frame = "x" * 40  # 42 bytes framed
-    assert hub.publish("book:BTC-USDC", frame) == 2
-    fast.unsent = 0  # the fast client reads; the slow one does not
-    assert hub.publish("book:BTC-USDC", frame) == 2  # 84 unsent: still within 100
-    fast.unsent = 0
-    assert hub.publish("book:BTC-USDC", frame) == 1  # 126 > 100: dropped
+    for unsent in (42, 84, 126):  # the slow client reads nothing, the fast one everything
+        assert hub.publish("book:BTC-USDC", frame) == 2
+        assert slow.unsent == unsent
+        fast.unsent = 0
+    assert hub.publish("book:BTC-USDC", frame) == 1  # 126 > 100 already: dropped
     await settle()
     assert slow_closes.closes == [(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)]
     assert cs.closed and hub.subscribers("book:BTC-USDC") == 1 and hub.metrics.drops == 1
     assert hub.publish("book:BTC-USDC", frame) == 1
-    assert len(slow.data) == 3 and len(fast.data) == 4 and fast_closes.closes == []
+    assert len(slow.data) == 3 and len(fast.data) == 5 and fast_closes.closes == []
+
+
+async def test_one_frame_larger_than_the_buffer_is_not_lag() -> None:
+    """A deep book snapshot bigger than the limit goes out; only lag already there drops."""
+    hub = Hub(buffer_bytes=100)
+    sock, closes = FakeDirect(), FakeSocket()
+    conn = hub.connect(closes.send, closes.close, direct=sock)
+    assert hub.send(conn, "s" * 500)
+    assert sock.unsent == 504 and hub.metrics.drops == 0
+    sock.unsent = 0  # read
+    assert hub.send(conn, "s" * 500) and hub.metrics.drops == 0
+    assert not hub.send(conn, "next")  # 504 unsent before this one: too far behind
+    await settle()
+    assert hub.metrics.drops == 1 and closes.closes == [(SLOW_CONSUMER_CODE, SLOW_CONSUMER_REASON)]
 
 
 async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow(
@@ -309,3 +323,61 @@ async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow(
     assert kills == []
     await asyncio.sleep(0.1)
     assert kills == [1]
+
+
+# --------------------------------------------------------------------------- the uvicorn socket
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+        self.high: int | None = None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.written))
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.high = high
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class WebSocketsSansIOProtocol:  # named like uvicorn's, which UvicornSocket.of checks
+    def __init__(self) -> None:
+        from websockets.protocol import State
+
+        self.transport = FakeTransport()
+        self.conn = type("Conn", (), {"state": State.OPEN})()
+        self.close_sent = False
+        self.disconnected = False
+
+    async def send(self, message: dict[str, object]) -> None:  # what uvicorn's send is
+        pass
+
+
+def test_uvicorn_socket_writes_only_while_uvicorn_would() -> None:
+    from websockets.protocol import State
+
+    from app.ws.endpoint import UvicornSocket
+
+    assert UvicornSocket.of(FakeSocket().send, 1000) is None  # another server: queued path
+    proto = WebSocketsSansIOProtocol()
+    sock = UvicornSocket.of(proto.send, 1000)
+    assert sock is not None
+    assert proto.transport.high == 2 * 1000 + (4 << 20)  # uvicorn's own sends never wait
+    assert sock.write(b"a") and sock.buffered() == 1
+    for attr, value in (("close_sent", True), ("disconnected", True)):
+        proto = WebSocketsSansIOProtocol()
+        setattr(proto, attr, value)
+        assert UvicornSocket.of(proto.send, 1000).write(b"a") is False  # type: ignore[union-attr]
+        assert proto.transport.written == []
+    proto = WebSocketsSansIOProtocol()
+    proto.conn.state = State.CLOSING  # a close frame received or sent
+    assert UvicornSocket.of(proto.send, 1000).write(b"a") is False  # type: ignore[union-attr]
+    proto = WebSocketsSansIOProtocol()
+    proto.transport.closing = True
+    assert UvicornSocket.of(proto.send, 1000).write(b"a") is False  # type: ignore[union-attr]

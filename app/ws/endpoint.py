@@ -40,6 +40,7 @@ router = APIRouter()
 CANDLE_INTERVALS = ("1m", "5m", "1h")
 MAX_FRAME = 64 * 1024
 MAX_IN_FLIGHT = 64  # frames of one socket handled at once
+FRAMES_GRACE_S = 10.0  # how long a closed socket's session waits for its frames in flight
 
 
 def _frame(data: dict[str, Any]) -> str:
@@ -89,7 +90,13 @@ class Session:
             await self.handle(text)
         except Exception:
             log.exception("websocket frame failed")
-            self.reply(_error("INTERNAL_ERROR", "an unexpected server error"))
+            req_id = None
+            try:
+                msg = orjson.loads(text)
+                req_id = msg.get("id") if isinstance(msg, dict) else None
+            except orjson.JSONDecodeError:
+                pass
+            self.reply(_error("INTERNAL_ERROR", "an unexpected server error", req_id))
         finally:
             queued()
             self._slots.release()
@@ -255,9 +262,12 @@ class Session:
 
     async def closed(self) -> None:
         self.rt.hub.unregister(self.conn)
+        if self._turn is not None and not self._turn.done():
+            # every frame read before the close has run up to its place in the sequence
+            # (an auth frame among them may just have set cancel_on_disconnect), so the
+            # orders already read go in before the cancel
+            await self._turn
         if self.cancel_on_disconnect and self.account_id is not None:
-            if self._turn is not None and not self._turn.done():
-                await self._turn  # orders read before the close go in before the cancel
             try:
                 await submit(
                     self.rt, c.CancelAll(account_id=self.account_id, reason=CancelReason.DISCONNECT)
@@ -266,6 +276,8 @@ class Session:
                 log.warning(
                     "cancel-on-disconnect for account %s failed: %s", self.account_id, err.code
                 )
+        if self._frames:  # let the frames in flight finish (their replies go nowhere)
+            await asyncio.wait(list(self._frames), timeout=FRAMES_GRACE_S)
 
 
 RAW_SEND = "exchange.raw_send"
@@ -305,9 +317,11 @@ class UvicornSocket:
     @classmethod
     def of(cls, raw_send: Any, max_buffer: int) -> UvicornSocket | None:
         """The socket behind uvicorn's own ASGI `send`, or None for another server."""
-        proto = getattr(raw_send, "__self__", None)
+        proto: Any = getattr(raw_send, "__self__", None)
+        if type(proto).__name__ != "WebSocketsSansIOProtocol":  # the only one this knows
+            return None
         needed = ("transport", "conn", "close_sent", "disconnected")
-        if proto is None or not all(hasattr(proto, name) for name in needed):
+        if not all(hasattr(proto, name) for name in needed):
             return None
         transport = proto.transport
         if not all(

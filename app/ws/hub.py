@@ -118,17 +118,20 @@ class Connection:
         """Send or queue a frame without waiting (`data`: the frame already encoded by
         `text_frame`, for a direct socket). False when the connection is closed, its
         socket is closing (`gone`), or it is too far behind: the frame did not fit in
-        its queue, or a direct socket now holds more than `max_buffer` unsent bytes."""
+        its queue, or a direct socket already holds more than `max_buffer` unsent bytes
+        (so one large frame, a deep book snapshot, never counts as lag by itself)."""
         if self.closed:
             return False
         direct = self.direct
         if direct is not None:
+            if direct.buffered() > self.max_buffer:  # already that far behind: slow
+                return False
             if not direct.write(text_frame(frame) if data is None else data):
                 self.gone = True
                 return False
             if self._metrics is not None:
                 self._metrics.messages_delivered += 1
-            return direct.buffered() <= self.max_buffer
+            return True
         try:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
@@ -242,6 +245,8 @@ class Hub:
         conn.stop()
 
     def set_account(self, conn: Connection, account_id: int) -> None:
+        if conn not in self._conns:  # already gone (an auth frame handled after the close)
+            return
         if conn.account_id is not None:
             self._discard_account(conn)
         conn.account_id = account_id

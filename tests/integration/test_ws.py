@@ -603,6 +603,44 @@ async def test_cancel_on_disconnect_waits_for_orders_already_read(
         + [(str(39000 + i), "cancelled", "cancel_on_disconnect") for i in range(10)])
 
 
+async def test_cancel_on_disconnect_when_auth_orders_and_close_arrive_together(
+        server: ServerProcess, traders: MakeTrader) -> None:
+    """auth (cancel_on_disconnect), orders and the close frame in one TCP write: the
+    server reads all three before any frame has run; the orders must still be cancelled
+    (the session waits for the frames read before the close, the auth among them)."""
+    a = await traders()
+    for attempt in range(3):
+        client = ClientProtocol(parse_uri(server.ws_url))
+        sock = socket.socket()
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        try:
+            client.send_request(client.connect())
+            sock.sendall(b"".join(client.data_to_send()))
+            while client.state.name == "CONNECTING":
+                client.receive_data(sock.recv(4096))
+            client.send_text(orjson.dumps(ws_auth_frame(a.api_key, a.api_secret,
+                                                        cancel_on_disconnect=True)))
+            for i in range(2):
+                client.send_text(orjson.dumps({
+                    "op": "order.place", "id": f"p{i}", "market": BTC, "side": "buy",
+                    "price": str(30000 + 10 * attempt + i), "size": "0.001"}))
+            client.send_close(1000)
+            sock.sendall(b"".join(client.data_to_send()))  # one write
+            await asyncio.sleep(0.5)
+        finally:
+            sock.close()
+    deadline = time.monotonic() + 5
+    orders: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        orders = (await a.client.get_orders(limit=100))["orders"]
+        if len(orders) == 6 and all(o["status"] == "cancelled" for o in orders):
+            break
+        await asyncio.sleep(0.1)
+    assert sorted((o["status"], o["cancel_reason"]) for o in orders) == [
+        ("cancelled", "cancel_on_disconnect")] * 6
+
+
 # --------------------------------------------------------------------------- slow consumer
 
 class RawSocket:
