@@ -79,7 +79,11 @@ class MarketMaker:
         self.rejections = 0  # legs the exchange refused (logged)
 
     async def requote(self, ws: ExchangeWebSocket, prices: Mapping[str, Decimal]) -> None:
-        """One cycle: every market with an index gets a fresh ladder."""
+        """One cycle: every market with an index gets a fresh ladder. All the cancels
+        and batches go out at once (the server runs them in order, pipelined), so a
+        cycle costs about one round trip however many markets are quoted."""
+        calls: list[tuple[str, dict[str, Any]]] = []
+        quoted: list[str] = []
         for market in self.markets:
             index = prices.get(market["base"])
             if index is None:
@@ -87,12 +91,18 @@ class MarketMaker:
             mid = index * (1 + Decimal(self.rng.randint(-3, 3)) * BPS)
             ladder = quote_ladder(market, mid, self.levels, self.spread_bps, self.step_bps,
                                   self.notional)
-            await ws.cancel_all(market["symbol"])
-            out = await ws.place_batch(ladder)
+            calls.append(("order.cancel_all", {"market": market["symbol"]}))
+            calls.append(("order.batch", {"orders": ladder, "atomic": False}))
+            quoted.append(market["symbol"])
+        replies = await ws.request_many(calls)
+        for symbol, cancelled, out in zip(quoted, replies[::2], replies[1::2], strict=True):
+            for reply in (cancelled, out):
+                if isinstance(reply, ApiError):
+                    raise reply  # the session is unusable (auth, rate limit): reconnect
             for result in out["results"]:
                 if "error" in result:
                     self.rejections += 1
-                    log.warning("%s quote refused: %s", market["symbol"], result["error"])
+                    log.warning("%s quote refused: %s", symbol, result["error"])
                 else:
                     self.quotes_placed += 1
         self.cycles += 1

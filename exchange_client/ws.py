@@ -159,6 +159,38 @@ class ExchangeWebSocket(WsOps[Any]):
             self._pending.pop(req_id, None)
         return reply_result(frame)
 
+    async def request_many(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]],
+                           timeout: float | None = None) -> list[Any]:
+        """Send every ``(op, body)`` at once, in order, then wait for all the replies.
+
+        The server runs pipelined frames in the order sent and commits them together,
+        so this takes about one round trip instead of one per request. Each item of the
+        result is that reply's ``result``, or the ``ApiError`` it carried (returned,
+        not raised, so one refusal does not hide the other replies)."""
+        loop = asyncio.get_running_loop()
+        ids: list[str] = []
+        futures: list[asyncio.Future[dict[str, Any]]] = []
+        try:
+            for op, body in calls:
+                req_id = str(next(self._ids))
+                fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+                self._pending[req_id] = (fut, FALLBACK_TYPES.get(op, frozenset()))
+                ids.append(req_id)
+                futures.append(fut)
+                await self.send({**(body or {}), "op": op, "id": req_id})
+            frames = await asyncio.wait_for(asyncio.gather(*futures),
+                                            timeout or self.request_timeout)
+        finally:
+            for req_id in ids:
+                self._pending.pop(req_id, None)
+        out: list[Any] = []
+        for frame in frames:
+            try:
+                out.append(reply_result(frame))
+            except ApiError as err:
+                out.append(err)
+        return out
+
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
         """Next non-reply message; raises ``ConnectionClosed`` once the socket has ended."""
         item = await asyncio.wait_for(self._queue.get(), timeout)

@@ -428,6 +428,33 @@ async def test_pipelined_frames_run_in_the_order_sent(server: ServerProcess,
     assert sorted(int(o["order_id"]) for o in live) == ids
 
 
+async def test_request_many_sends_at_once_and_returns_each_reply(
+        server: ServerProcess, traders: MakeTrader, sockets: Any) -> None:
+    a = await traders()
+    ws: ExchangeWebSocket = await sockets()
+    await ws.auth(a.api_key, a.api_secret)
+    before = await batches_total(server)
+    replies = await ws.request_many([
+        ("order.place", {"market": BTC, "side": "buy", "price": "40000", "size": "0.01",
+                         "client_order_id": "rm-1"}),
+        ("order.cancel_all", {"market": BTC}),
+        ("order.place", {"market": BTC, "side": "buy", "price": "40000.001", "size": "0.01"}),
+        ("order.batch", {"orders": [{"market": BTC, "side": "buy", "price": "39000",
+                                     "size": "0.01"}] * 2}),
+        ("ping", None),
+    ])
+    assert await batches_total(server) - before < 4  # 3 commands; one by one: >= 3
+    placed, cancelled, refused, batch, pong = replies
+    assert (placed["order"]["client_order_id"], placed["order"]["status"]) == ("rm-1", "open")
+    assert cancelled == {"cancelled": [placed["order"]["order_id"]]}  # ran after the place
+    assert isinstance(refused, ApiError) and refused.code == "PRICE_NOT_ON_TICK"
+    assert [r["order"]["status"] for r in batch["results"]] == ["open", "open"]
+    assert pong["type"] == "pong"
+    live = (await a.client.get_orders(status="open"))["orders"]
+    assert sorted(o["order_id"] for o in live) == sorted(
+        r["order"]["order_id"] for r in batch["results"])
+
+
 async def test_read_only_key_cannot_trade_over_the_socket(traders: MakeTrader,
                                                           sockets: Any) -> None:
     a = await traders()
