@@ -143,7 +143,10 @@ class Runtime:
 
     # ---------------------------------------------------------------- life
     async def start(self) -> None:
-        log.info("engine: %s (%s)", native.running(), native.reason)
+        stale = native.running() == "python" and "stale" in native.reason
+        # a stale compiled build is skipped silently otherwise: 3-4x slower, unnoticed
+        log.log(logging.WARNING if stale else logging.INFO,
+                "engine: %s (%s)", native.running(), native.reason)
         self.store = await Store.open(self.settings.database_url)
         self._startup = asyncio.create_task(self._recover_and_open())
 

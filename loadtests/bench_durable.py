@@ -113,7 +113,7 @@ from engine.events import Rejected
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
 from engine.types import OrderType, Side, TimeInForce
-from loadtests.bench_engine import dist_versions, machine
+from loadtests.bench_engine import dist_versions, machine, warn_if_stale_build
 from tests.dbutil import create_database, drop_database
 
 MARKET = "BTC-USDC"
@@ -617,6 +617,7 @@ def revision() -> str:
         return "unknown"
     state = (f"uncommitted changes in {' and '.join(d + '/' for d in dirty)}" if dirty
              else "engine/ and app/ clean")
+    warn_if_stale_build()
     return f"{head or 'unknown'}, {state}; engine build: {native.running()} ({native.reason})"
 
 

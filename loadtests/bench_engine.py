@@ -654,7 +654,17 @@ def engine_revision() -> str:
     if not head:
         return "unknown"
     state = " with uncommitted changes in engine/" if dirty else ", engine/ clean"
+    warn_if_stale_build()
     return f"{head}{state}; engine build: {native.running()} ({native.reason})"
+
+
+def warn_if_stale_build() -> None:
+    """Say it loudly when a stale compiled build made this run use the interpreted engine
+    (the servers a benchmark starts choose the same way): figures 3-4x off."""
+    if native.running() == "python" and "stale" in native.reason:
+        print("WARNING: the compiled engine is stale, so this run uses the interpreted "
+              "engine (and so do the servers it starts); `make native` first",
+              file=sys.stderr, flush=True)
 
 
 def prefix_name(name: str, n: int) -> str:
