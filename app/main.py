@@ -99,12 +99,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         log.exception("unhandled error", exc_info=exc)
         return _error_response(ApiError("INTERNAL_ERROR", "unexpected server error", status=500))
 
+    # Routers are matched in this order, route by route: the hot ones first (order
+    # entry, then account reads). No path of one router matches another's.
+    app.include_router(orders.router)
+    app.include_router(account.router)
     app.include_router(public.router)
     app.include_router(public.metrics_router)
     app.include_router(admin.router)
     app.include_router(oracle.router)
-    app.include_router(orders.router)
-    app.include_router(account.router)
     app.include_router(ws_endpoint.router)
     app.add_middleware(ws_endpoint.KeepRawSend)  # lets the hub abort a stuck client
     return app
