@@ -603,6 +603,19 @@ async def test_cancel_on_disconnect(server: ServerProcess, traders: MakeTrader) 
     assert (await b.client.get_order(other["order_id"]))["order"]["status"] == "open"
 
 
+async def all_cancelled(trader: Trader, n: int, within: float = 5.0) -> list[dict[str, Any]]:
+    """The account's orders once there are `n`, all cancelled (or as they are after
+    `within` seconds, for the caller's assertion to show)."""
+    deadline = time.monotonic() + within
+    orders: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        orders = (await trader.client.get_orders(limit=100))["orders"]
+        if len(orders) == n and all(o["status"] == "cancelled" for o in orders):
+            break
+        await asyncio.sleep(0.05)
+    return orders
+
+
 async def test_cancel_on_disconnect_waits_for_orders_already_read(
         server: ServerProcess, traders: MakeTrader) -> None:
     """Orders sent just before the close are queued before the cancel-all, even behind an
@@ -618,13 +631,7 @@ async def test_cancel_on_disconnect_waits_for_orders_already_read(
         await ws.send({"op": "order.place", "id": f"p{i}", "market": BTC, "side": "buy",
                        "price": str(39000 + i), "size": "0.001"})
     await ws.close()
-    deadline = time.monotonic() + 3
-    orders: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        orders = (await a.client.get_orders(limit=100))["orders"]
-        if len(orders) == 11 and all(o["status"] == "cancelled" for o in orders):
-            break
-        await asyncio.sleep(0.05)
+    orders = await all_cancelled(a, 11)
     assert sorted((o["price"], o["status"], o["cancel_reason"]) for o in orders) == sorted(
         [("40000", "cancelled", "cancel_on_disconnect")]
         + [(str(39000 + i), "cancelled", "cancel_on_disconnect") for i in range(10)])
@@ -657,13 +664,7 @@ async def test_cancel_on_disconnect_when_auth_orders_and_close_arrive_together(
             await asyncio.sleep(0.5)
         finally:
             sock.close()
-    deadline = time.monotonic() + 5
-    orders: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        orders = (await a.client.get_orders(limit=100))["orders"]
-        if len(orders) == 6 and all(o["status"] == "cancelled" for o in orders):
-            break
-        await asyncio.sleep(0.1)
+    orders = await all_cancelled(a, 6)
     assert sorted((o["status"], o["cancel_reason"]) for o in orders) == [
         ("cancelled", "cancel_on_disconnect")] * 6
 
