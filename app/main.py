@@ -8,27 +8,24 @@ routes 404), and the server takes commands only after the journal is replayed.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import account, admin, oracle, orders, public
 from app.api.deps import reject_unknown_query
+from app.api.responses import OrjsonResponse
 from app.config import Settings
 from app.errors import ApiError, all_codes
 from app.runtime import Runtime
 from app.ws import endpoint as ws_endpoint
 
 log = logging.getLogger("exchange.api")
-# orjson keeps the wire encoding identical for every route; FastAPI's notice about it is noise.
-warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 DESCRIPTION = """Spot exchange API (wire contract v1). Signed routes need `X-API-Key`,
 `X-Timestamp` (ms) and `X-Signature` = hex HMAC-SHA256(secret, timestamp + METHOD +
@@ -37,8 +34,8 @@ path_with_query + body). Errors are `{"error": {"code", "message"}}`; the codes:
 """ + "\n".join(f"* `{code}` ({status})" for code, status in sorted(all_codes().items()))
 
 
-def _error_response(err: ApiError) -> ORJSONResponse:
-    return ORJSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def _error_response(err: ApiError) -> OrjsonResponse:
+    return OrjsonResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -58,7 +55,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         title="exchange",
         version="1.0.0",
         description=DESCRIPTION,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
         lifespan=lifespan,
         # FastAPI's OpenTelemetry hooks look up the global providers (and the environment)
         # on every request: 4% of a REST order's time with nobody listening. Operators
@@ -68,11 +65,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.runtime = rt
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> ORJSONResponse:
+    async def api_error(_: Request, exc: ApiError) -> OrjsonResponse:
         return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> OrjsonResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error_response(ApiError("MALFORMED_JSON", "the body is not valid JSON"))
@@ -82,20 +79,20 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return _error_response(ApiError("VALIDATION_ERROR", message))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> OrjsonResponse:
         if exc.status_code == 400 and "parsing the body" in str(exc.detail):
             return _error_response(ApiError("MALFORMED_JSON", "the body is not valid UTF-8 JSON"))
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return _error_response(ApiError(code, str(exc.detail), status=exc.status_code))
 
     @app.exception_handler(DBAPIError)
-    async def database_error(_: Request, exc: DBAPIError) -> ORJSONResponse:
+    async def database_error(_: Request, exc: DBAPIError) -> OrjsonResponse:
         # a read that met a dropped connection; writes go through the sequencer (COMMIT_FAILED)
         log.warning("database error on a read: %s", str(exc).splitlines()[0])
         return _error_response(ApiError("DATABASE_UNAVAILABLE", "the database did not answer"))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         log.exception("unhandled error", exc_info=exc)
         return _error_response(ApiError("INTERNAL_ERROR", "unexpected server error", status=500))
 

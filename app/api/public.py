@@ -10,9 +10,10 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 
 from app.api.deps import market_spec, page, parse_cursor, public_limit, query, runtime
+from app.api.responses import OrjsonResponse
 from app.api.schemas import error_responses
 from app.errors import ApiError
 from app.metrics import render_metrics
@@ -42,7 +43,7 @@ async def health(request: Request) -> Any:
     }
     if rt.startup_error:
         body["error"] = rt.startup_error
-    return ORJSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+    return OrjsonResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
 @router.get("/time", summary="Server time in ms")
