@@ -60,6 +60,15 @@ def reply_result(frame: Mapping[str, Any]) -> Any:
     return frame.get("result", frame)
 
 
+def reply_or_error(frame: Mapping[str, Any]) -> Any:
+    """``reply_result``, with a refusal returned as its ``ApiError`` instead of raised
+    (what ``request_many`` gives for each request)."""
+    try:
+        return reply_result(frame)
+    except ApiError as err:
+        return err
+
+
 def encode(frame: Mapping[str, Any]) -> str:
     return orjson.dumps(dict(frame)).decode()
 
@@ -183,13 +192,7 @@ class ExchangeWebSocket(WsOps[Any]):
         finally:
             for req_id in ids:
                 self._pending.pop(req_id, None)
-        out: list[Any] = []
-        for frame in frames:
-            try:
-                out.append(reply_result(frame))
-            except ApiError as err:
-                out.append(err)
-        return out
+        return [reply_or_error(frame) for frame in frames]
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
         """Next non-reply message; raises ``ConnectionClosed`` once the socket has ended."""

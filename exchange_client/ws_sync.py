@@ -18,7 +18,16 @@ import orjson
 from websockets.sync.client import ClientConnection, connect
 
 from .book import BOOK_TYPES
-from .ws import FALLBACK_TYPES, MAX_FRAME, RETRYABLE, Backoff, StreamSpec, WsOps, encode
+from .ws import (
+    FALLBACK_TYPES,
+    MAX_FRAME,
+    RETRYABLE,
+    Backoff,
+    StreamSpec,
+    WsOps,
+    encode,
+    reply_or_error,
+)
 from .ws import reply_result as _reply_result
 
 
@@ -78,6 +87,38 @@ class SyncExchangeWebSocket(WsOps[Any]):
                     fid is None and frame.get("type") in fallback):
                 return _reply_result(frame)
             self._backlog.append(frame)
+
+    def request_many(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]],
+                     timeout: float | None = None) -> list[Any]:
+        """Send every ``(op, body)`` at once, in order, then read until all are answered:
+        each item is that reply's ``result`` or the ``ApiError`` it carried (see
+        ``ExchangeWebSocket.request_many``). Other frames are kept for ``recv``."""
+        by_id: dict[str, int] = {}
+        fallbacks: list[frozenset[str]] = []
+        for op, body in calls:
+            req_id = str(next(self._ids))
+            by_id[req_id] = len(fallbacks)
+            fallbacks.append(FALLBACK_TYPES.get(op, frozenset()))
+            self.send({**(body or {}), "op": op, "id": req_id})
+        out: list[Any] = [None] * len(fallbacks)
+        left = set(range(len(fallbacks)))
+        deadline = time.monotonic() + (timeout or self.request_timeout)
+        while left:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(left)} of {len(out)} requests unanswered in time")
+            frame = self._read(remaining)
+            fid = frame.get("id")
+            if fid is not None:
+                i = by_id.get(str(fid))
+            else:  # an id-less reply answers the oldest request waiting for its type
+                i = min((j for j in left if frame.get("type") in fallbacks[j]), default=None)
+            if i is None or i not in left:
+                self._backlog.append(frame)
+                continue
+            left.discard(i)
+            out[i] = reply_or_error(frame)
+        return out
 
     def recv(self, timeout: float | None = None) -> dict[str, Any]:
         """Next message that was not a reply (``TimeoutError`` when none comes in time)."""

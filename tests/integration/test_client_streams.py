@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exchange_client import (
+    ApiError,
     AsyncExchangeClient,
     Backoff,
     MarketStream,
@@ -89,6 +90,14 @@ def _sync_session(ws_url: str, key: str, secret: str) -> dict[str, Any]:
                              client_order_id="sync-1")
         seen["order"] = out["order"]
         seen["pushed"] = ws.recv(timeout=5)  # the private push queued behind the reply
+        eth = "ETH-USDC"  # (the BTC book is what the stream below follows)
+        seen["many"] = ws.request_many([
+            ("order.place", {"market": eth, "side": "buy", "price": "10", "size": "1"}),
+            ("ping", None),
+            ("order.place", {"market": eth, "side": "buy", "price": "10.001", "size": "1"}),
+            ("order.cancel_all", {"market": eth}),
+        ])
+        seen["pushes"] = [ws.recv(timeout=5)["type"] for _ in range(2)]  # kept for recv
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             stream.poll(timeout=1)
@@ -115,6 +124,11 @@ async def test_sync_websocket_and_stream(server: ServerProcess, traders: MakeTra
     assert seen["order"]["status"] == "open" and seen["order"]["size"] == "0.75"
     assert seen["pushed"]["type"] == "order"
     assert seen["pushed"]["order"]["order_id"] == seen["order"]["order_id"]
+    placed, pong, refused, cancelled = seen["many"]
+    assert placed["order"]["status"] == "open" and pong["type"] == "pong"
+    assert isinstance(refused, ApiError) and refused.code == "PRICE_NOT_ON_TICK"
+    assert cancelled == {"cancelled": [placed["order"]["order_id"]]}
+    assert seen["pushes"] == ["order", "order"]  # the pushes of the place and the cancel
     assert ["150", "0.75"] in seen["asks"]
     assert seen["resyncs"] == 1
     assert ["149", "9"] not in seen["asks_after"] and ["150", "0.75"] not in seen["asks_after"]
