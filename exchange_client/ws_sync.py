@@ -18,6 +18,7 @@ import orjson
 from websockets.sync.client import ClientConnection, connect
 
 from .book import BOOK_TYPES
+from .errors import ApiError
 from .ws import (
     FALLBACK_TYPES,
     MAX_FRAME,
@@ -28,7 +29,6 @@ from .ws import (
     encode,
     reply_or_error,
 )
-from .ws import reply_result as _reply_result
 
 
 class SyncExchangeWebSocket(WsOps[Any]):
@@ -73,29 +73,20 @@ class SyncExchangeWebSocket(WsOps[Any]):
 
     def request(self, op: str, body: Mapping[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
-        req_id = str(next(self._ids))
-        fallback = FALLBACK_TYPES.get(op, frozenset())
-        self.send({**(body or {}), "op": op, "id": req_id})
-        deadline = time.monotonic() + (timeout or self.request_timeout)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no reply to {op} within the timeout")
-            frame = self._read(remaining)
-            fid = frame.get("id")
-            if (fid is not None and str(fid) == req_id) or (
-                    fid is None and frame.get("type") in fallback):
-                return _reply_result(frame)
-            self._backlog.append(frame)
+        (result,) = self.request_many([(op, body)], timeout)
+        if isinstance(result, ApiError):
+            raise result
+        return result
 
     def request_many(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]],
                      timeout: float | None = None) -> list[Any]:
         """Send every ``(op, body)`` at once, in order, then read until all are answered:
         each item is that reply's ``result`` or the ``ApiError`` it carried (see
         ``ExchangeWebSocket.request_many``). Other frames are kept for ``recv``."""
+        calls_ = list(calls)
         by_id: dict[str, int] = {}
         fallbacks: list[frozenset[str]] = []
-        for op, body in calls:
+        for op, body in calls_:
             req_id = str(next(self._ids))
             by_id[req_id] = len(fallbacks)
             fallbacks.append(FALLBACK_TYPES.get(op, frozenset()))
@@ -106,7 +97,8 @@ class SyncExchangeWebSocket(WsOps[Any]):
         while left:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{len(left)} of {len(out)} requests unanswered in time")
+                ops = ", ".join(sorted({op for op, _ in calls_}))
+                raise TimeoutError(f"no reply to {ops} within the timeout")
             frame = self._read(remaining)
             fid = frame.get("id")
             if fid is not None:
