@@ -158,15 +158,10 @@ class ExchangeWebSocket(WsOps[Any]):
 
     async def request(self, op: str, body: Mapping[str, Any] | None = None,
                       timeout: float | None = None) -> Any:
-        req_id = str(next(self._ids))
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[req_id] = (fut, FALLBACK_TYPES.get(op, frozenset()))
-        try:
-            await self.send({**(body or {}), "op": op, "id": req_id})
-            frame = await asyncio.wait_for(fut, timeout or self.request_timeout)
-        finally:
-            self._pending.pop(req_id, None)
-        return reply_result(frame)
+        (result,) = await self.request_many([(op, body)], timeout)
+        if isinstance(result, ApiError):
+            raise result
+        return result
 
     async def request_many(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]],
                            timeout: float | None = None) -> list[Any]:

@@ -6,7 +6,8 @@ are plain functions that never wait. Two ways to a socket:
 * direct (uvicorn, see app/ws/endpoint.py): the frame is encoded ONCE per publish
   (`text_frame`: RFC 6455 framing, unmasked, uncompressed) and the same bytes are
   written to each subscriber's transport, like `websockets.broadcast`. A connection
-  whose unsent bytes then exceed its `max_buffer` is a slow consumer;
+  that already holds more than `max_buffer` unsent bytes when a frame comes is a slow
+  consumer;
 * queued (any other server, and the unit tests): the frame object goes on the
   connection's bounded queue with `put_nowait`, drained by the connection's own
   writer task; a full queue makes a slow consumer.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -304,14 +305,7 @@ class Hub:
         Returns how many subscribers are keeping up; the others are dropped.
         """
         subs = self._channels.get(channel)
-        if not subs:
-            return 0
-        count = len(subs)
-        data = text_frame(frame)
-        failed = [conn for conn in subs if not conn.offer(frame, data)]
-        for conn in failed:
-            self._failed(conn)
-        return count - len(failed)
+        return self._deliver(subs, frame) if subs else 0
 
     def has_accounts(self) -> bool:
         """Whether any authenticated connection is registered."""
@@ -328,12 +322,16 @@ class Hub:
         conns = self._accounts.get(account_id)
         if not conns:
             return 0
-        targets = [c for c in conns if channel in c.channels]
-        data = text_frame(frame)
-        failed = [c for c in targets if not c.offer(frame, data)]
-        for conn in failed:
+        return self._deliver([c for c in conns if channel in c.channels], frame)
+
+    def _deliver(self, conns: Collection[Connection], frame: Frame) -> int:
+        """`frame` (encoded once) to each of `conns`; how many took it. The others are
+        dropped or forgotten after the loop (which must not change `conns` under it)."""
+        count, data = len(conns), text_frame(frame)
+        failed = [conn for conn in conns if not conn.offer(frame, data)]
+        for conn in failed:  # (this shrinks a channel's `conns`: counted before)
             self._failed(conn)
-        return len(targets) - len(failed)
+        return count - len(failed)
 
     def _failed(self, conn: Connection) -> None:
         """A frame did not go through: forget a closing socket, drop a slow one."""
