@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     ws_queue_size: int = 4096  # frames queued per client (when not written directly)
     ws_buffer_bytes: int = 1 << 20  # unsent bytes per client (frames written directly)
     ws_direct: bool = True  # write frames straight to uvicorn's transport
+    hot_routes: bool = True  # order entry and cancel served past FastAPI (app/api/hot.py)
     snapshot_every: int = 10_000  # commands between snapshots
     snapshot_interval_s: float = 60.0  # or this long, whichever comes first (if anything changed)
     snapshot_keep: int = 3  # newest snapshots kept

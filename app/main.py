@@ -7,7 +7,6 @@ routes 404), and the server takes commands only after the journal is replayed.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,16 +15,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from app.api import account, admin, oracle, orders, public
 from app.api.deps import reject_unknown_query
-from app.api.responses import OrjsonResponse
+from app.api.hot import HotRoutes, hot_route
+from app.api.responses import OrjsonResponse, api_error_of, error_response
 from app.config import Settings
 from app.errors import ApiError, all_codes
 from app.runtime import Runtime
 from app.ws import endpoint as ws_endpoint
-
-log = logging.getLogger("exchange.api")
 
 DESCRIPTION = """Spot exchange API (wire contract v1). Signed routes need `X-API-Key`,
 `X-Timestamp` (ms) and `X-Signature` = hex HMAC-SHA256(secret, timestamp + METHOD +
@@ -34,8 +33,18 @@ path_with_query + body). Errors are `{"error": {"code", "message"}}`; the codes:
 """ + "\n".join(f"* `{code}` ({status})" for code, status in sorted(all_codes().items()))
 
 
-def _error_response(err: ApiError) -> OrjsonResponse:
-    return OrjsonResponse(err.body(), status_code=err.status, headers=err.headers)
+class ExchangeApp(FastAPI):
+    """The FastAPI app, with the hot routes (app/api/hot.py) taken before it sees them."""
+
+    hot: HotRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot is not None:
+            route = hot_route(scope)
+            if route is not None:
+                await self.hot.serve(route, scope, receive, send, super().__call__)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -50,7 +59,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         finally:
             await rt.stop()
 
-    app = FastAPI(
+    app = ExchangeApp(
         dependencies=[Depends(reject_unknown_query)],
         title="exchange",
         version="1.0.0",
@@ -63,38 +72,34 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = rt
+    if settings.hot_routes:
+        app.hot = HotRoutes(rt)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> OrjsonResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> OrjsonResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _error_response(ApiError("MALFORMED_JSON", "the body is not valid JSON"))
+            return error_response(ApiError("MALFORMED_JSON", "the body is not valid JSON"))
         first: dict[str, Any] = dict(errors[0]) if errors else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{loc}: {first.get('msg', 'invalid input')}" if loc else str(first.get("msg"))
-        return _error_response(ApiError("VALIDATION_ERROR", message))
+        return error_response(ApiError("VALIDATION_ERROR", message))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> OrjsonResponse:
         if exc.status_code == 400 and "parsing the body" in str(exc.detail):
-            return _error_response(ApiError("MALFORMED_JSON", "the body is not valid UTF-8 JSON"))
+            return error_response(ApiError("MALFORMED_JSON", "the body is not valid UTF-8 JSON"))
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        return _error_response(ApiError(code, str(exc.detail), status=exc.status_code))
+        return error_response(ApiError(code, str(exc.detail), status=exc.status_code))
 
     @app.exception_handler(DBAPIError)
-    async def database_error(_: Request, exc: DBAPIError) -> OrjsonResponse:
-        # a read that met a dropped connection; writes go through the sequencer (COMMIT_FAILED)
-        log.warning("database error on a read: %s", str(exc).splitlines()[0])
-        return _error_response(ApiError("DATABASE_UNAVAILABLE", "the database did not answer"))
-
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> OrjsonResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error_response(ApiError("INTERNAL_ERROR", "unexpected server error", status=500))
+        return error_response(api_error_of(exc))
 
     # Routers are matched in this order, route by route: the hot ones first (order
     # entry, then account reads). No path of one router matches another's.

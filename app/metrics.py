@@ -78,6 +78,15 @@ def render_metrics(rt: Runtime) -> str:
         )
         histogram(lines, "exchange_commit_seconds", "journal commit latency", st.commit_seconds)
         histogram(lines, "exchange_batch_size", "commands per group commit", st.batch_sizes)
+    metric(
+        "exchange_hot_route_requests_total",
+        "counter",
+        "requests of the hot routes, served past FastAPI or handed to it (fallback)",
+        [
+            (f'{{route="{r}",outcome="{o}"}}', n)
+            for (r, o), n in sorted(rt.hot_route_counts.items())
+        ],
+    )
     hm = rt.hub.metrics
     metric("exchange_ws_clients", "gauge", "connected WebSocket clients", [("", hm.connections)])
     metric(

@@ -131,6 +131,8 @@ class Runtime:
         self.auth = Authenticator(self.keys.get, recv_window_ms=settings.recv_window_ms)
         self.limiter = RateLimiter(enabled=settings.rate_limits != "off")
         self.sequencer: Sequencer | None = None
+        # requests of the hot routes (app/api/hot.py) by (route, "served" | "fallback")
+        self.hot_route_counts: dict[tuple[str, str], int] = {}
         self.status = "starting"
         self.startup_error: str | None = None
         self._startup: asyncio.Task[None] | None = None

@@ -46,7 +46,9 @@ class Principal:
         return self.key.account_id
 
 
-def _limit(rt: Runtime, response: Response, bucket: str, category: str) -> None:
+def rate_check(rt: Runtime, bucket: str, category: str) -> str:
+    """Take a token from `bucket`'s `category`; the `X-RateLimit-Remaining` value, or a
+    429 RATE_LIMITED with `Retry-After`."""
     decision = rt.limiter.check(bucket, category)
     if not decision.allowed:
         retry = max(1, math.ceil(decision.retry_after_s))
@@ -55,7 +57,7 @@ def _limit(rt: Runtime, response: Response, bucket: str, category: str) -> None:
             f"{category} rate limit reached",
             headers={"Retry-After": str(retry), "X-RateLimit-Remaining": "0"},
         )
-    response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+    return str(decision.remaining)
 
 
 def client_ip(request: Request) -> str:
@@ -90,46 +92,78 @@ async def reject_unknown_query(request: HTTPConnection) -> None:
 
 
 async def public_limit(request: Request, response: Response) -> None:
-    rt = runtime(request)
-    _limit(rt, response, "ip:" + client_ip(request), "ip")
+    response.headers["X-RateLimit-Remaining"] = rate_check(
+        runtime(request), "ip:" + client_ip(request), "ip"
+    )
 
 
 def signed_path(request: Request) -> str:
     """The path and query exactly as sent (raw bytes), which is what the client signed."""
-    scope = request.scope
+    return scope_signed_path(request.scope)
+
+
+def scope_signed_path(scope: Any) -> str:
+    """`signed_path` of an ASGI scope."""
     raw = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
+
+
+def authenticate(
+    rt: Runtime,
+    ip: str,
+    header: Callable[[str], str | None],
+    method: str,
+    path: str,
+    body: bytes,
+    permission: str,
+    category: str,
+) -> tuple[Principal, str]:
+    """The checks of a signed route, in order: the IP's rate limit, the signature, the
+    permission, a trading account for a user route, the key's rate limit. Returns the
+    caller and the `X-RateLimit-Remaining` value, or raises the ApiError to answer. The
+    signature is kept for `submit` (the journal carries it). `header` looks up a
+    lowercase header name (the first one sent)."""
+    rate_check(rt, "ip:" + ip, "ip")
+    signature = header("x-signature")
+    try:
+        record = rt.auth.verify(
+            header("x-api-key"),
+            header("x-timestamp"),
+            signature,
+            method,
+            path,
+            body,
+            header("x-recv-window"),
+        )
+        rt.auth.require(record, permission)
+    except AuthError as exc:
+        status = 403 if exc.code == "PERMISSION_DENIED" else 401
+        raise ApiError(exc.code, exc.message, status=status) from exc
+    if permission not in ("admin", "oracle") and record.account_id is None:
+        raise ApiError("PERMISSION_DENIED", "operator keys have no trading account", status=403)
+    remaining = rate_check(rt, "key:" + record.api_key, category)
+    _signature.set(signature)
+    return Principal(record), remaining
 
 
 def signed(permission: str, category: str = "read") -> Callable[..., Awaitable[Principal]]:
     """Dependency: verify the signature, the permission and the rate limits."""
 
     async def dependency(request: Request, response: Response) -> Principal:
-        rt = runtime(request)
-        _limit(rt, response, "ip:" + client_ip(request), "ip")
         body = await request.body()
-        path = signed_path(request)
-        h = request.headers
-        try:
-            record = rt.auth.verify(
-                h.get("x-api-key"),
-                h.get("x-timestamp"),
-                h.get("x-signature"),
-                request.method,
-                path,
-                body,
-                h.get("x-recv-window"),
-            )
-            rt.auth.require(record, permission)
-        except AuthError as exc:
-            status = 403 if exc.code == "PERMISSION_DENIED" else 401
-            raise ApiError(exc.code, exc.message, status=status) from exc
-        if permission not in ("admin", "oracle") and record.account_id is None:
-            raise ApiError("PERMISSION_DENIED", "operator keys have no trading account", status=403)
-        _limit(rt, response, "key:" + record.api_key, category)
-        _signature.set(h.get("x-signature"))
-        return Principal(record)
+        principal, remaining = authenticate(
+            runtime(request),
+            client_ip(request),
+            request.headers.get,
+            request.method,
+            signed_path(request),
+            body,
+            permission,
+            category,
+        )
+        response.headers["X-RateLimit-Remaining"] = remaining
+        return principal
 
     return dependency
 
