@@ -340,7 +340,7 @@ class Runtime:
         private pushes, command by command."""
         hub = self.hub
         batch = [(seq, ts, events) for seq, ts, _cmd, events in entries]
-        for channel, frame in self.marketdata.on_batch(batch):
+        for channel, frame in self.marketdata.on_batch(batch, hub.followed):
             hub.publish(channel, frame.decode())  # text frames, serialized once per message
         for seq, _ts, events in batch:
             self._update_keys(events)

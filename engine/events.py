@@ -320,22 +320,34 @@ Event = (
 )
 
 
+# Column order of a fill and of a ledger posting: the projection writes these tuples as
+# rows (app/store checks the order against its tables), the wire reads them as dicts.
+FILL_FIELDS = (
+    "account_id", "trade_id", "order_id", "market", "side", "price", "size", "fee",
+    "liquidity", "ts",
+)  # fmt: skip
+POSTING_FIELDS = (
+    "transfer_id", "account_id", "asset", "amount", "balance_after", "reason", "ref",
+    "counterparty", "ts",
+)  # fmt: skip
+
+FillTuple = tuple[int, int, int, str, Side, int, int, int, str, int]
+PostingTuple = tuple[int, int, str, int, int, LedgerReason, str, int, int]
+
+
+def fill(t: TradeEvent, account_id: int) -> FillTuple:
+    """The fill of `account_id` (maker or taker) in trade `t`, in FILL_FIELDS order: the one
+    derivation used by the fills projection and by the wire (`app/views.py`)."""
+    if t.taker_account == account_id:
+        return (account_id, t.trade_id, t.taker_order_id, t.market, t.taker_side, t.price,
+                t.size, t.taker_fee, "taker", t.ts)  # fmt: skip
+    return (account_id, t.trade_id, t.maker_order_id, t.market, t.taker_side.opposite,
+            t.price, t.size, t.maker_fee, "maker", t.ts)  # fmt: skip
+
+
 def fill_row(t: TradeEvent, account_id: int) -> dict[str, Any]:
-    """The fill of `account_id` (maker or taker) in trade `t`: the one derivation used by the
-    fills projection and by the wire (`app/views.py`)."""
-    taker = t.taker_account == account_id
-    return {
-        "account_id": account_id,
-        "trade_id": t.trade_id,
-        "order_id": t.taker_order_id if taker else t.maker_order_id,
-        "market": t.market,
-        "side": (t.taker_side if taker else t.taker_side.opposite).value,
-        "price": t.price,
-        "size": t.size,
-        "fee": t.taker_fee if taker else t.maker_fee,
-        "liquidity": "taker" if taker else "maker",
-        "ts": t.ts,
-    }
+    """`fill` as a dict keyed by FILL_FIELDS."""
+    return dict(zip(FILL_FIELDS, fill(t, account_id), strict=True))
 
 
 _LIQUIDATION_FIELDS = (
@@ -356,18 +368,17 @@ def liquidation_row(e: LiquidationSlice | BadDebt) -> dict[str, Any]:
     return row
 
 
+def posting(t: Transfer, account_id: int) -> PostingTuple:
+    """Transfer `t` as seen by one of its two accounts (signed amount, its balance after),
+    in POSTING_FIELDS order: the one derivation used by the ledger projection and by the
+    wire."""
+    if t.from_account == account_id:
+        return (t.transfer_id, account_id, t.asset, -t.amount, t.from_balance, t.reason, t.ref,
+                t.to_account, t.ts)  # fmt: skip
+    return (t.transfer_id, account_id, t.asset, t.amount, t.to_balance, t.reason, t.ref,
+            t.from_account, t.ts)  # fmt: skip
+
+
 def posting_row(t: Transfer, account_id: int) -> dict[str, Any]:
-    """Transfer `t` as seen by one of its two accounts (signed amount, its balance after):
-    the one derivation used by the ledger projection and by the wire."""
-    paying = t.from_account == account_id
-    return {
-        "transfer_id": t.transfer_id,
-        "account_id": account_id,
-        "asset": t.asset,
-        "amount": -t.amount if paying else t.amount,
-        "balance_after": t.from_balance if paying else t.to_balance,
-        "reason": t.reason.value,
-        "ref": t.ref,
-        "counterparty": t.to_account if paying else t.from_account,
-        "ts": t.ts,
-    }
+    """`posting` as a dict keyed by POSTING_FIELDS."""
+    return dict(zip(POSTING_FIELDS, posting(t, account_id), strict=True))

@@ -463,7 +463,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
             raise RuntimeError("peer: the rebuilt events differ from ours (state hash)")
         rows: dict[str, int] = {}
         for calls in prepared:
-            for sql, params, _ in calls:
+            for sql, params, *_ in calls:
                 words = sql.split()
                 table = (words[2] if words[0].upper() == "INSERT" else words[1]).strip('"')
                 rows[table] = rows.get(table, 0) + len(params)
@@ -485,7 +485,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
                     if driver.in_transaction:
                         raise RuntimeError("peer: connection already in a transaction")
                     await driver.execute("BEGIN")
-                    for sql, params, _ in calls:
+                    for sql, params, *_ in calls:
                         await driver.executemany(sql, params)
                     await driver.commit()
                     commit_s.append(clock() - t0)

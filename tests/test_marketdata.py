@@ -400,3 +400,36 @@ def test_index_prices_update_the_tickers_of_markets_on_that_asset(md: MarketData
     assert (out[0][1]["index"], out[0][1]["index_stale"]) == ("65000.5", True)
     assert md.index_wire("BTC", 6) == {"price": "65000.5", "ts": H, "stale": True}
     assert decoded(md.on_command(7, H, [IndexUpdated("DOGE", 1, H)])) == []
+
+
+def test_only_followed_channels_get_messages_but_every_read_model_moves(md: MarketData) -> None:
+    """With nobody on a channel its message is not built; the books, trades and candles
+    change all the same, so a subscriber arriving later chains on the right seq."""
+    followed = {"trades:BTC-USDC"}
+    out = md.on_batch(
+        [(7, H + 5, [delta([("65000", "1")], [("65001", "2")]),
+                     trade("65001", "0.5", Side.BUY, H + 5)])],
+        followed.__contains__,
+    )
+    assert [channel for channel, _ in out] == ["trades:BTC-USDC"]
+    assert md.books[BTC].seq == 7
+    assert md.book_snapshot(BTC)["bids"] == [["65000", "1"]]
+    assert [t["price"] for t in md.recent_trades(BTC)] == ["65001"]
+    assert [(c["close"], c["volume"]) for c in md.candles(BTC, "1m")] == [("65001", "0.5")]
+    assert md.ticker(BTC, H + 5)["last"] == "65001"
+    followed.add("book:BTC-USDC")
+    later = decoded(md.on_batch([(9, H + 6, [delta([], [("65001", "0")])])], followed.__contains__))
+    assert later == [
+        (
+            "book:BTC-USDC",
+            {
+                "type": "book_delta",
+                "market": BTC,
+                "seq": 9,
+                "prev_seq": 7,
+                "bids": [],
+                "asks": [["65001", "0"]],
+                "checksum": book_checksum([["65000", "1"]], []),
+            },
+        )
+    ]

@@ -390,3 +390,57 @@ async def test_every_kind_of_sqlite_url_takes_a_batch(url: str, tmp_path: Path) 
         assert await st.max_seq() == len(setup_batch())
     finally:
         await st.close()
+
+
+ODD = 'Zoë "quoted" \\ back\\slash \t tab 🚀 {}[]$1::jsonb'
+
+
+async def test_rows_keep_every_value_exactly(store: Store) -> None:
+    """The hot tables' rows are tuples sent as they are (on PostgreSQL as one statement
+    reading jsonb): strings with quotes, backslashes and non-ASCII, NULLs, booleans,
+    enum members and integers near the 64-bit bound come back exactly."""
+    await store.write_batch(setup_batch())
+    big = 10**18 - 7
+    market = OrderView(
+        order_id=9, account_id=ALICE, client_order_id="c-" + "x" * 60, market="BTC-USDC",
+        side=Side.SELL, type=OrderType.MARKET, tif=TimeInForce.IOC, price=None,
+        trigger_price=None, size=big, filled=0, filled_notional=0,
+        status=OrderStatus.CANCELLED, reduce_only=True, stp=StpMode.DECREMENT,
+        expire_ts=None, created_ts=3000, updated_ts=3001, cancel_reason=ODD,
+    )
+    cmd = c.Deposit(seq=6, ts=3000, account_id=ALICE, asset="BTC", amount=big, deposit_id=ODD)
+    await store.write_batch([(6, 3000, cmd, [
+        OrderUpdate(market),
+        Transfer(9, "BTC", EXTERNAL, ALICE, big, LedgerReason.DEPOSIT, ODD, -big, big, 3000),
+    ])])
+    async with store.engine.connect() as conn:
+        order = (await conn.execute(text("SELECT * FROM orders WHERE order_id = 9"))).one()
+        ledger = (await conn.execute(
+            text("SELECT * FROM ledger WHERE transfer_id = 9 ORDER BY account_id"))).all()
+        balance = (await conn.execute(text(
+            f"SELECT balance FROM balances WHERE account_id = {ALICE} AND asset = 'BTC'"))).one()
+    assert tuple(order) == (9, ALICE, "c-" + "x" * 60, "BTC-USDC", "sell", "market", "ioc",
+                            None, None, big, 0, 0, "cancelled", True, "decrement", None, 3000,
+                            3001, ODD)
+    assert [tuple(r) for r in ledger] == [
+        (9, EXTERNAL, "BTC", -big, -big, "deposit", ODD, ALICE, 3000, 6),
+        (9, ALICE, "BTC", big, big, "deposit", ODD, EXTERNAL, 3000, 6),
+    ]
+    assert balance[0] == big
+    assert [row async for row in store.read_journal(5)] == [(6, 3000, cmd)]
+
+
+async def test_a_batch_with_updates_is_one_transaction_too(store: Store) -> None:
+    """Settings changed and a key revoked in the batch that created them: written in
+    order (on PostgreSQL a transaction of statements, not the single jsonb statement)."""
+    batch = setup_batch()
+    batch.append((6, 1006, c.RevokeApiKey(seq=6, ts=1006, account_id=ALICE, api_key="ka"),
+                  [ApiKeyRevoked(ALICE, "ka"),
+                   AccountSettingsChanged(ALICE, StpMode.CANCEL_BOTH, True, 1)]))
+    await store.write_batch(batch)
+    async with store.engine.connect() as conn:
+        key = (await conn.execute(text("SELECT revoked FROM api_keys WHERE api_key = 'ka'"))).one()
+        acct = (await conn.execute(text(
+            f"SELECT stp, auto_borrow, tier FROM accounts WHERE account_id = {ALICE}"))).one()
+    assert bool(key[0]) is True
+    assert (acct[0], bool(acct[1]), acct[2]) == ("cancel_both", True, 1)

@@ -292,6 +292,10 @@ class Hub:
     def subscribers(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
 
+    def followed(self, channel: str) -> bool:
+        """Whether any connection is subscribed to `channel`."""
+        return channel in self._channels
+
     def send(self, conn: Connection, frame: Frame) -> bool:
         """Send a frame to one connection (replies, snapshots); drops it if too slow."""
         if conn.offer(frame):
