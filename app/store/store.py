@@ -3,9 +3,10 @@
 Rules owned here:
 * `write_batch` commits the journal rows and every projection of their events
   together, or nothing (DESIGN section 10); projections are coalesced within a
-  batch (last order view, last balance) and written with one executemany per table
-  (COPY for large plain inserts on PostgreSQL), straight through the driver: on a
-  SQLite file, by a writer thread with its own connection.
+  batch (last order view, last balance) and written straight through the driver: on a
+  SQLite file, one executemany per table by a writer thread with its own connection;
+  on PostgreSQL, one statement in one round trip (`write_asyncpg`) unless the batch
+  updates accounts or keys.
 * A journal row's checksum is `crc32(f"{seq}:{ts}:{command_json}")`, with the
   command JSON from `engine.codec.encode` serialized by orjson with sorted keys.
 * `read_journal` yields gapless seqs with verified checksums, or raises JournalCorrupt.
