@@ -113,6 +113,12 @@ class OrderUpdate(NamedTuple):
     order: OrderView
 
 
+def order_update(o: OrderView) -> OrderUpdate:
+    """`OrderUpdate(o)` without running the NamedTuple's interpreted __new__ (the engine's
+    hot paths build events with tuple.__new__, which the compiled engine calls in C)."""
+    return tuple.__new__(OrderUpdate, (o,))
+
+
 class TradeEvent(NamedTuple):
     trade_id: int
     market: str

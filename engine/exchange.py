@@ -47,13 +47,13 @@ from engine.events import (
     IndexUpdated,
     MarketStateChanged,
     OpenInterestChanged,
-    OrderUpdate,
     OrderView,
     PositionChanged,
     Rejected,
     RiskPlanSet,
     TradeEvent,
     Transfer,
+    order_update,
 )
 from engine.fixedpoint import ceil_div
 from engine.funding import MarketFunding, impact_price, payment, premium
@@ -84,6 +84,7 @@ from engine.risk import (
 from engine.riskplan import RiskPlan, plan_problems
 from engine.triggers import LIMIT_TYPES, STOP_TYPES, TriggerBook, triggers_on_rise
 from engine.types import (
+    LIVE_STATUSES,
     CancelReason,
     LedgerReason,
     MarginState,
@@ -269,7 +270,7 @@ class Exchange:
             if book.dirty_bids or book.dirty_asks:
                 if deltas:
                     bids, asks = book.take_delta()
-                    events.append(BookDelta(market.spec.symbol, bids, asks))
+                    events.append(tuple.__new__(BookDelta, (market.spec.symbol, bids, asks)))
                 else:
                     book.dirty_bids.clear()
                     book.dirty_asks.clear()
@@ -440,7 +441,9 @@ class Exchange:
             if b.auto_borrow and b.holds.get(asset, 0):
                 h = b.holds[asset]
                 pool.pending += max(h - max(tb, 0), 0) - max(h - max(tb - amount, 0), 0)
-        t = Transfer(self.next_transfer_id, asset, frm, to, amount, reason, ref, fb, tb, self._ts)
+        t: Transfer = tuple.__new__(
+            Transfer, (self.next_transfer_id, asset, frm, to, amount, reason, ref, fb, tb, self._ts)
+        )
         self.next_transfer_id += 1
         self._events.append(t)
         return t
@@ -751,7 +754,7 @@ class Exchange:
         size: int | None = None,
     ) -> int:
         """What `o` must hold now, or at `price`/`size` if given (an amend being judged)."""
-        if not o.status.is_live or spec.kind is MarketKind.PERP:
+        if o.status not in LIVE_STATUSES or spec.kind is MarketKind.PERP:
             return 0  # a perp order holds nothing: margin (initial health) stands behind it
         remaining = (o.size if size is None else size) - o.filled
         if o.side is Side.SELL:
@@ -1053,7 +1056,7 @@ class Exchange:
                 o.order_id, cmd.trigger_price, triggers_on_rise(o.type, o.side)
             )
             self.untriggered += 1
-            self._events.append(OrderUpdate(o.view()))
+            self._events.append(order_update(o.view()))
             return o
         need = self._required_hold(o, spec, self._tier(acct))
         hold_asset = spec.quote if cmd.side is Side.BUY else spec.base
@@ -1088,7 +1091,7 @@ class Exchange:
     def _match_and_rest(self, o: Order, market: Market, acct: Account) -> None:
         """Match `o` as a taker, then rest or cancel its remainder; emits its final update."""
         stopped = self._match(o, market, acct)
-        if o.status.is_live:
+        if o.status in LIVE_STATUSES:
             if o.remaining == 0:
                 o.status = OrderStatus.FILLED
             elif stopped:
@@ -1104,11 +1107,11 @@ class Exchange:
             else:
                 o.status = OrderStatus.CANCELLED
                 o.cancel_reason = CancelReason.IOC_REMAINDER.value
-        if not o.status.is_live:
+        if o.status not in LIVE_STATUSES:
             self._remember_done(o)
         o.updated_ts = self._ts
         self._refresh_hold(o, market.spec, acct)
-        self._events.append(OrderUpdate(o.view()))
+        self._events.append(order_update(o.view()))
 
     def _index_live(self, o: Order, acct: Account) -> None:
         """A live order (resting or waiting for its trigger) into the live indexes."""
@@ -1154,7 +1157,7 @@ class Exchange:
                         else:
                             maker.updated_ts = self._ts
                             self._refresh_hold(maker, spec, self.accounts[maker.account_id])
-                            self._events.append(OrderUpdate(maker.view()))
+                            self._events.append(order_update(maker.view()))
                         if t.remaining == 0:
                             t.status = OrderStatus.CANCELLED
                             t.cancel_reason = CancelReason.STP.value
@@ -1195,7 +1198,7 @@ class Exchange:
         trade_id = self.next_trade_id
         self.next_trade_id += 1
         self._events.append(
-            TradeEvent(
+            tuple.__new__(TradeEvent, (
                 trade_id,
                 spec.symbol,
                 price,
@@ -1208,7 +1211,7 @@ class Exchange:
                 maker_fee,
                 taker_fee,
                 self._ts,
-            )
+            ))  # fmt: skip
         )
         buyer, seller = (
             (t.account_id, m.account_id) if t.side is Side.BUY else (m.account_id, t.account_id)
@@ -1238,7 +1241,7 @@ class Exchange:
         else:
             m.status = OrderStatus.PARTIALLY_FILLED
         self._refresh_hold(m, spec, m_acct)
-        self._events.append(OrderUpdate(m.view()))
+        self._events.append(order_update(m.view()))
 
     def _perp_fill(self, acct: Account, spec: MarketSpec, qty: int, price: int, ref: str) -> None:
         """Move `acct`'s position by `qty` at `price`; realized PnL goes through clearing."""
@@ -1316,7 +1319,7 @@ class Exchange:
         o.updated_ts = self._ts
         self._drop_live(o, acct)
         self._refresh_hold(o, market.spec, acct)
-        self._events.append(OrderUpdate(o.view()))
+        self._events.append(order_update(o.view()))
 
     # ------------------------------------------------------- cancel and amend
     def _find_own(
@@ -1435,7 +1438,7 @@ class Exchange:
             o.size = new_size
             o.updated_ts = self._ts
             self._refresh_hold(o, spec, acct)
-            self._events.append(OrderUpdate(o.view()))
+            self._events.append(order_update(o.view()))
             return
         if o.tif is TimeInForce.POST_ONLY and self._crosses(market.book, o.side, new_price):
             raise _Refused(Reject.POST_ONLY_WOULD_TAKE)
@@ -1548,7 +1551,7 @@ class Exchange:
         if reason is not None:
             self._finish(o, OrderStatus.CANCELLED, reason)
             self._remember_done(o)
-            self._events.append(OrderUpdate(o.view()))
+            self._events.append(order_update(o.view()))
             return
         self._match_and_rest(o, market, acct)
 
@@ -1584,7 +1587,7 @@ class Exchange:
                     o.size = o.filled + room
                     o.updated_ts = self._ts
                     self._track(o, self.markets[market].spec, acct)
-                    self._events.append(OrderUpdate(o.view()))
+                    self._events.append(order_update(o.view()))
                     changed = True
         return changed
 

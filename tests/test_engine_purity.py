@@ -14,7 +14,7 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 ALLOWED = {
-    "__future__", "collections", "collections.abc", "dataclasses", "decimal", "enum",
+    "__future__", "bisect", "collections", "collections.abc", "dataclasses", "decimal", "enum",
     "fractions", "hashlib", "heapq", "itertools", "json", "operator", "types", "typing",
     "sortedcontainers", "orjson", "engine",
 }  # fmt: skip
