@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -114,7 +115,9 @@ class Sequencer:
         self._batch_max = batch_max
         self._clock_ms = clock_ms
         self._tick_interval = tick_interval_s
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # commands and queries waiting, in order; `_wake` is set while the loop waits
+        self._queue: deque[_Item] = deque()
+        self._wake: asyncio.Future[None] | None = None
         self.seq = engine.last_seq  # last applied (may be ahead of disk while committing)
         self.committed_seq = engine.last_seq  # last durable: what health and metrics report
         self.last_ts = engine.last_ts
@@ -133,7 +136,7 @@ class Sequencer:
         if not self.ready:
             raise ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is recovering")
         fut: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(fut, command=command))
+        self._put(_Item(fut, command=command))
         return fut
 
     async def query(self, fn: Callable[[Exchange], T]) -> T:
@@ -141,12 +144,22 @@ class Sequencer:
         if not self.ready:
             raise ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is recovering")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(fut, query=fn))
+        self._put(_Item(fut, query=fn))
         return await fut
+
+    def _put(self, item: _Item) -> None:
+        """Queue an item; wake the loop if it waits. (A deque and one wake-up future: an
+        asyncio.Queue's put and get are pure Python, paid on every command.)"""
+        self._queue.append(item)
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     # ------------------------------------------------------------------- loop
     def start(self) -> None:
@@ -166,11 +179,14 @@ class Sequencer:
         self._fail_pending(ServiceUnavailable("NOT_ACCEPTING_COMMANDS", "the exchange is stopping"))
 
     async def _run(self) -> None:
+        queue, limit = self._queue, self._batch_max
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not queue:
+                self._wake = asyncio.get_running_loop().create_future()
+                await self._wake
+                continue
+            n = min(len(queue), limit)
+            batch = [queue.popleft() for _ in range(n)]
             await self._process(batch)
 
     async def _process(self, batch: list[_Item]) -> None:
@@ -252,8 +268,8 @@ class Sequencer:
         log.info("recovered from the journal at seq %d", self.seq)
 
     def _fail_pending(self, error: Exception) -> None:
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._queue:
+            item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(error)
 

@@ -9,7 +9,6 @@ a database row (history).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from engine.events import (
@@ -26,52 +25,48 @@ from engine.markets import ExchangeConfig, MarketSpec
 from engine.risk import AssetRisk
 
 
-def _val(v: Any) -> Any:
-    return v.value if hasattr(v, "value") else v
-
-
-def _opt_price(spec: MarketSpec, v: int | None) -> str | None:
-    return None if v is None else spec.fmt_price(v)
-
-
 def avg_price(spec: MarketSpec, filled: int, filled_notional: int) -> str | None:
+    """The average fill price in the quote asset, rounded half to even to its decimals."""
     if filled <= 0:
         return None
-    exact = Decimal(filled_notional) * (Decimal(10) ** spec.base_decimals) / Decimal(filled)
-    quantum = Decimal(1).scaleb(-spec.quote_decimals)
-    return format(
-        (exact / (Decimal(10) ** spec.quote_decimals))
-        .quantize(quantum, ROUND_HALF_EVEN)
-        .normalize(),
-        "f",
-    )
+    units, rest = divmod(filled_notional * 10**spec.base_decimals, filled)
+    if 2 * rest > filled or (2 * rest == filled and units % 2):
+        units += 1
+    return format_units(units, spec.quote_decimals)
+
+
+_ORDER_FIELDS = OrderView._fields
+_LIVE = frozenset(("open", "partially_filled", "untriggered"))
 
 
 def order_wire(config: ExchangeConfig, order: OrderView | Mapping[str, Any]) -> dict[str, Any]:
-    d = order._asdict() if isinstance(order, OrderView) else dict(order)
-    spec = config.markets[d["market"]]
-    status = _val(d["status"])
-    live = status in ("open", "partially_filled", "untriggered")
+    """An order from an event (its OrderView) or a database row. Enum members are the
+    strings they hold, so both render alike."""
+    (order_id, _, client_order_id, market, side, type_, tif, price, trigger_price, size, filled,
+     filled_notional, status, reduce_only, stp, expire_ts, created_ts, updated_ts,
+     cancel_reason) = order if isinstance(order, OrderView) else [
+        order[k] for k in _ORDER_FIELDS]  # fmt: skip
+    spec = config.markets[market]
     return {
-        "order_id": str(d["order_id"]),
-        "client_order_id": d["client_order_id"],
-        "market": d["market"],
-        "side": _val(d["side"]),
-        "type": _val(d["type"]),
-        "price": _opt_price(spec, d["price"]),
-        "trigger_price": _opt_price(spec, d["trigger_price"]),
-        "size": spec.fmt_size(d["size"]),
-        "filled": spec.fmt_size(d["filled"]),
-        "remaining": spec.fmt_size(d["size"] - d["filled"] if live else 0),
-        "avg_fill_price": avg_price(spec, d["filled"], d["filled_notional"]),
+        "order_id": str(order_id),
+        "client_order_id": client_order_id,
+        "market": market,
+        "side": side,
+        "type": type_,
+        "price": None if price is None else spec.fmt_price(price),
+        "trigger_price": None if trigger_price is None else spec.fmt_price(trigger_price),
+        "size": spec.fmt_size(size),
+        "filled": spec.fmt_size(filled),
+        "remaining": spec.fmt_size(size - filled if status in _LIVE else 0),
+        "avg_fill_price": avg_price(spec, filled, filled_notional),
         "status": status,
-        "time_in_force": _val(d["tif"]),
-        "reduce_only": bool(d["reduce_only"]),
-        "stp": _val(d["stp"]),
-        "expire_ts": d["expire_ts"],
-        "cancel_reason": d["cancel_reason"],
-        "created_ts": d["created_ts"],
-        "updated_ts": d["updated_ts"],
+        "time_in_force": tif,
+        "reduce_only": bool(reduce_only),
+        "stp": stp,
+        "expire_ts": expire_ts,
+        "cancel_reason": cancel_reason,
+        "created_ts": created_ts,
+        "updated_ts": updated_ts,
     }
 
 

@@ -27,6 +27,13 @@ def stamp(cmd: Command, seq: int, ts: int) -> None:
     object.__setattr__(cmd, "ts", ts)
 
 
+def attach_signature(cmd: Command, sig: str) -> None:
+    """Record the signature of the request that carried `cmd` (journaled, so the replay
+    window survives a restart). Only the edge that built the command does this, before
+    handing it to the sequencer; in place for the same reason as `stamp`."""
+    object.__setattr__(cmd, "sig", sig)
+
+
 @message
 class CreateAccount(Command):
     name: str

@@ -9,10 +9,12 @@ route's permission; every response of a limited route carries
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
@@ -22,7 +24,7 @@ from app.auth import AuthError, KeyRecord
 from app.errors import ApiError
 from app.runtime import Runtime
 from app.sequencer import ServiceUnavailable
-from engine.commands import Command
+from engine.commands import Command, attach_signature
 from engine.events import Event
 from engine.exchange import Exchange
 from engine.fixedpoint import FixedPointError, parse_units
@@ -177,25 +179,39 @@ _signature: ContextVar[str | None] = ContextVar("request_signature", default=Non
 on_queued: ContextVar[Callable[[], None] | None] = ContextVar("on_queued", default=None)
 
 
-async def submit(rt: Runtime, command: Command) -> list[Event]:
-    """Hand a command to the sequencer; it carries the request's signature into the journal,
-    so the replay window survives a restart."""
+def enqueue(rt: Runtime, command: Command) -> asyncio.Future[list[Event]]:
+    """Give a command its place in the sequence now; the future resolves to its events
+    once they are durable (`events_of` turns a failure into the ApiError to answer). It
+    carries the request's signature into the journal, so the replay window survives a
+    restart."""
     if rt.sequencer is None:
         raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
     sig = _signature.get()
     if sig is not None and command.sig is None:
-        command = replace(command, sig=sig)
+        attach_signature(command, sig)
     try:
-        pending = rt.sequencer.enqueue(command)
+        return rt.sequencer.enqueue(command)
     except ServiceUnavailable as exc:
         raise ApiError(exc.code, exc.message) from exc
+
+
+def events_of(pending: asyncio.Future[list[Event]]) -> list[Event]:
+    """The events of a command `enqueue` queued, once its future is done."""
+    try:
+        return pending.result()
+    except ServiceUnavailable as exc:
+        raise ApiError(exc.code, exc.message) from exc
+
+
+async def submit(rt: Runtime, command: Command) -> list[Event]:
+    """`enqueue` a command and wait for its durable events."""
+    pending = enqueue(rt, command)
     queued = on_queued.get()
     if queued is not None:
         queued()
-    try:
-        return await pending
-    except ServiceUnavailable as exc:
-        raise ApiError(exc.code, exc.message) from exc
+    with contextlib.suppress(ServiceUnavailable):  # (events_of raises it as an ApiError)
+        await pending
+    return events_of(pending)
 
 
 async def query(rt: Runtime, fn: Callable[[Exchange], T]) -> T:

@@ -232,15 +232,27 @@ async def cancel_all(
 
 async def place(rt: Runtime, account_id: int, body: OrderRequest) -> dict[str, Any]:
     cmd = order_command(rt, account_id, body)
-    events = await submit(rt, cmd)
+    return await placed(rt, account_id, cmd, await submit(rt, cmd))
+
+
+async def placed(
+    rt: Runtime, account_id: int, cmd: c.PlaceOrder, events: list[Event]
+) -> dict[str, Any]:
+    """The answer to a placement: `order_result`, except that a retry of a live order
+    gets that order (`retried_order`)."""
     try:
         return order_result(rt, events, account_id)
     except ApiError as err:
-        if err.code == "DUPLICATE_CLIENT_ORDER_ID":
+        if may_be_retry(err):
             replay = await retried_order(rt, account_id, cmd)
             if replay is not None:
                 return replay
         raise
+
+
+def may_be_retry(err: ApiError) -> bool:
+    """A placement refused for a client id that a live order holds may be a retry of it."""
+    return err.code == "DUPLICATE_CLIENT_ORDER_ID"
 
 
 async def retried_order(rt: Runtime, account_id: int, cmd: c.PlaceOrder) -> dict[str, Any] | None:
@@ -327,7 +339,16 @@ async def amend(rt: Runtime, account_id: int, order_id: str, body: AmendRequest)
 
 
 async def cancel(rt: Runtime, account_id: int, order_id: str) -> dict[str, Any]:
-    events = await submit(rt, c.CancelOrder(account_id=account_id, order_id=parse_id(order_id)))
+    events = await submit(rt, cancel_command(account_id, order_id))
+    return cancelled(rt, events, account_id)
+
+
+def cancel_command(account_id: int, order_id: str) -> c.CancelOrder:
+    return c.CancelOrder(account_id=account_id, order_id=parse_id(order_id))
+
+
+def cancelled(rt: Runtime, events: list[Event], account_id: int) -> dict[str, Any]:
+    """The answer to a cancel."""
     return {"order": order_result(rt, events, account_id)["order"]}
 
 

@@ -9,7 +9,10 @@ Rules owned here:
 * frames are pipelined: each is handled in the order received up to the point where
   its command takes its place in the sequence; then the next frame starts while it
   commits (at most MAX_IN_FLIGHT per socket; beyond that the socket is not read).
-  Responses carry the frame's `id` and go out as each command commits;
+  Responses carry the frame's `id` and go out as each command commits. `order.place`
+  and `order.cancel` get there without a task of their own when nothing before them
+  is still on its way (checked, queued, and answered from the commit's callback);
+  every other frame, and these when one is, runs as a task that waits its turn;
 * with `cancel_on_disconnect`, closing the socket cancels the account's orders.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -26,13 +30,14 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import orders as order_services
-from app.api.deps import on_queued, submit
+from app.api.deps import enqueue, events_of, on_queued, submit
 from app.api.schemas import AmendRequest, BatchRequest, OrderRequest
 from app.auth import AuthError
 from app.errors import ApiError
 from app.runtime import Runtime
 from app.ws.hub import PRIVATE_CHANNELS, Connection
 from engine import commands as c
+from engine.events import Event
 from engine.types import CancelReason
 
 log = logging.getLogger("exchange.ws")
@@ -65,10 +70,13 @@ class Session:
         self._turn: asyncio.Future[None] | None = None
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._frames: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[list[Event]]] = set()  # queued by `_order_now`
 
     async def feed(self, text: str) -> None:
         """Start on a frame; returns as soon as the socket may read the next one."""
         await self._slots.acquire()
+        if (self._turn is None or self._turn.done()) and self._order_now(text):
+            return
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[None] = loop.create_future()
         task = loop.create_task(self._frame(text, self._turn, turn))
@@ -101,6 +109,86 @@ class Session:
             queued()
             self._slots.release()
 
+    def _order_now(self, text: str) -> bool:
+        """An `order.place` or `order.cancel` frame queued at once (checked as
+        `order_entry` checks it, answered when it commits): True once the frame is dealt
+        with (queued, or refused with its error response); False for any other frame."""
+        if len(text) > MAX_FRAME:
+            return False
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        op = msg.get("op") if isinstance(msg, dict) else None
+        if op != "order.place" and op != "order.cancel":
+            return False
+        req_id = msg.get("id")
+        try:
+            aid, body = self._trading(op, msg)
+            cmd: c.PlaceOrder | c.CancelOrder
+            if op == "order.place":
+                cmd = order_services.order_command(self.rt, aid, OrderRequest.model_validate(body))
+            else:
+                cmd = order_services.cancel_command(aid, self._cancel_id(body))
+            pending = enqueue(self.rt, cmd)
+        except (ApiError, ValidationError) as exc:
+            self.reply(self._error_response(op, req_id, exc))
+            self._slots.release()
+            return True
+        self._pending.add(pending)
+        pending.add_done_callback(partial(self._committed, op, req_id, aid, cmd))
+        return True
+
+    def _committed(
+        self,
+        op: str,
+        req_id: Any,
+        aid: int,
+        cmd: c.PlaceOrder | c.CancelOrder,
+        pending: asyncio.Future[list[Event]],
+    ) -> None:
+        """Answer a frame `_order_now` queued, from its events (a placement refused for a
+        live order's client id may be a retry, answered with that order: `_placed`)."""
+        self._pending.discard(pending)
+        if pending.cancelled():
+            self._slots.release()
+            return
+        try:
+            events = events_of(pending)
+            result = (
+                order_services.order_result(self.rt, events, aid)
+                if isinstance(cmd, c.PlaceOrder)
+                else order_services.cancelled(self.rt, events, aid)
+            )
+            self.reply({"type": "response", "id": req_id, "result": result})
+        except ApiError as err:
+            if isinstance(cmd, c.PlaceOrder) and order_services.may_be_retry(err):
+                task = asyncio.get_running_loop().create_task(
+                    self._placed(req_id, aid, cmd, pending.result())
+                )
+                self._frames.add(task)
+                task.add_done_callback(self._frames.discard)
+                return  # (the task releases the slot)
+            self.reply(self._response_error(op, req_id, err.body()["error"]))
+        except Exception:
+            log.exception("websocket frame failed")
+            self.reply(_error("INTERNAL_ERROR", "an unexpected server error", req_id))
+        self._slots.release()
+
+    async def _placed(
+        self, req_id: Any, aid: int, cmd: c.PlaceOrder, events: list[Event]
+    ) -> None:
+        try:
+            result = await order_services.placed(self.rt, aid, cmd, events)
+            self.reply({"type": "response", "id": req_id, "result": result})
+        except ApiError as err:
+            self.reply(self._response_error("order.place", req_id, err.body()["error"]))
+        except Exception:
+            log.exception("websocket frame failed")
+            self.reply(_error("INTERNAL_ERROR", "an unexpected server error", req_id))
+        finally:
+            self._slots.release()
+
     def reply(self, data: dict[str, Any]) -> None:
         self.rt.hub.send(self.conn, _frame(data))
 
@@ -131,15 +219,18 @@ class Session:
         op = msg.get("op")
         try:
             await self.dispatch(op, msg, req_id)
-        except ApiError as err:
-            self.reply(self._response_error(op, req_id, err.body()["error"]))
-        except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {"msg": "invalid"}
-            loc = ".".join(str(p) for p in first.get("loc", ()))
-            message = f"{loc}: {first.get('msg')}".strip(": ")
-            self.reply(
-                self._response_error(op, req_id, {"code": "VALIDATION_ERROR", "message": message})
-            )
+        except (ApiError, ValidationError) as exc:
+            self.reply(self._error_response(op, req_id, exc))
+
+    def _error_response(
+        self, op: Any, req_id: Any, exc: ApiError | ValidationError
+    ) -> dict[str, Any]:
+        if isinstance(exc, ApiError):
+            return self._response_error(op, req_id, exc.body()["error"])
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid"}
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{loc}: {first.get('msg')}".strip(": ")
+        return self._response_error(op, req_id, {"code": "VALIDATION_ERROR", "message": message})
 
     @staticmethod
     def _response_error(op: Any, req_id: Any, error: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +311,9 @@ class Session:
             }
         )
 
-    async def order_entry(self, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+    def _trading(self, op: str, msg: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The checks of every order op (an authenticated key that may trade, within its
+        rate limit): the account and the op's body."""
         if self.account_id is None or self.api_key is None:
             raise ApiError("AUTH_REQUIRED", "authenticate before sending orders")
         record = self.rt.keys.get(self.api_key)
@@ -234,7 +327,17 @@ class Session:
                 "RATE_LIMITED",
                 f"{category} rate limit reached; retry in {decision.retry_after_s:.2f}s",
             )
-        aid = self.account_id
+        return self.account_id, body
+
+    @staticmethod
+    def _cancel_id(body: dict[str, Any]) -> str:
+        order_id = body.get("order_id")
+        if not isinstance(order_id, str) or set(body) != {"order_id"}:
+            raise ApiError("VALIDATION_ERROR", "order.cancel takes order_id (a string) only")
+        return order_id
+
+    async def order_entry(self, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+        aid, body = self._trading(op, msg)
         if op == "order.place":
             return await order_services.place(self.rt, aid, OrderRequest.model_validate(body))
         if op == "order.batch":
@@ -249,10 +352,7 @@ class Session:
                 self.rt, aid, order_id, AmendRequest.model_validate(body)
             )
         if op == "order.cancel":
-            order_id = body.get("order_id")
-            if not isinstance(order_id, str) or set(body) != {"order_id"}:
-                raise ApiError("VALIDATION_ERROR", "order.cancel takes order_id (a string) only")
-            return await order_services.cancel(self.rt, aid, order_id)
+            return await order_services.cancel(self.rt, aid, self._cancel_id(body))
         if op == "order.cancel_all":
             market = body.get("market")
             if (market is not None and not isinstance(market, str)) or set(body) - {"market"}:
@@ -276,8 +376,9 @@ class Session:
                 log.warning(
                     "cancel-on-disconnect for account %s failed: %s", self.account_id, err.code
                 )
-        if self._frames:  # let the frames in flight finish (their replies go nowhere)
-            await asyncio.wait(list(self._frames), timeout=FRAMES_GRACE_S)
+        in_flight: list[asyncio.Future[Any]] = [*self._frames, *self._pending]
+        if in_flight:  # let the frames in flight finish (their replies go nowhere)
+            await asyncio.wait(in_flight, timeout=FRAMES_GRACE_S)
 
 
 RAW_SEND = "exchange.raw_send"
