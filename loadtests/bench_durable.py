@@ -47,8 +47,10 @@ parameter tuples `Store.write_batch` sends (`Store.batch_statements`, untimed), 
 then written into another fresh, migrated database of the same backend through the
 same driver connection settings (asyncpg with `synchronous_commit=on`; aiosqlite with
 WAL and `synchronous=FULL`): per batch one transaction and a COMMIT, back to back,
-nothing else; on PostgreSQL through the function ours uses (`write_asyncpg`: COPY for
-plain inserts of 32 rows or more, else `executemany`), on SQLite `executemany`. No
+nothing else; on PostgreSQL through the function ours uses (`write_asyncpg`: one
+statement reading each table's rows from a jsonb parameter, or for a batch with an
+update a transaction of statements with COPY for large inserts), on SQLite
+`executemany`. No
 engine, no row building, no SQLAlchemy, no event loop contention. "ours ÷ peer" is the
 share of that ceiling the exchange reaches; the rest of the wall time is the engine,
 building the rows, publishing, and acknowledging, all on one core-bound thread that
@@ -477,7 +479,7 @@ async def run_peer(url: str, config: ExchangeConfig, ours: OursRun) -> PeerRun:
                     t0 = clock()
                     if driver.is_in_transaction():
                         raise RuntimeError("peer: connection already in a transaction")
-                    await write_asyncpg(driver, calls)  # as ours: COPY for large inserts
+                    await write_asyncpg(driver, calls)  # as ours
                     commit_s.append(clock() - t0)
             else:
                 for calls in prepared:
