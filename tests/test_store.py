@@ -444,3 +444,17 @@ async def test_a_batch_with_updates_is_one_transaction_too(store: Store) -> None
             f"SELECT stp, auto_borrow, tier FROM accounts WHERE account_id = {ALICE}"))).one()
     assert bool(key[0]) is True
     assert (acct[0], bool(acct[1]), acct[2]) == ("cancel_both", True, 1)
+
+
+def test_json_form_only_for_statements_it_can_rewrite() -> None:
+    """The one-statement PostgreSQL write rewrites `VALUES ($k::T, ...)`; a cast with
+    parentheses or a parameter without a cast keeps the statement off that path."""
+    from app.store.store import _json_form
+
+    assert _json_form("INSERT INTO t (a, b) VALUES ($1::BIGINT, $2::VARCHAR)") == (
+        "INSERT INTO t (a, b) SELECT (e->>0)::BIGINT, (e->>1)::VARCHAR "
+        "FROM jsonb_array_elements($@::jsonb) AS e"
+    )
+    assert _json_form("INSERT INTO t (a, b) VALUES ($1::NUMERIC(20, 0), $2::BIGINT)") is None
+    assert _json_form("INSERT INTO t (a, b) VALUES ($1, $2::BIGINT)") is None
+    assert _json_form("UPDATE t SET a=$1::BIGINT WHERE t.b = $2::BIGINT") is None

@@ -266,6 +266,6 @@ def page(key: str, rows: list[Any], next_cursor: int | None) -> dict[str, Any]:
 
 def parse_id(text: str, code: str = "ORDER_NOT_FOUND") -> int:
     """Ids are decimal integers; anything else is simply not found (404)."""
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # ("²".isdigit() too)
         raise ApiError(code, "no such object")
     return int(text)

@@ -141,7 +141,8 @@ async def cancel_batch(
     for item in body.cancels:
         oid = None
         if item.order_id is not None:
-            oid = int(item.order_id) if item.order_id.isdigit() and len(item.order_id) < 19 else 0
+            text = item.order_id  # anything but an id of ours: an order that is not found
+            oid = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
         cancels.append(
             c.CancelOrder(
                 account_id=who.account_id, order_id=oid, client_order_id=item.client_order_id

@@ -78,11 +78,11 @@ class WithdrawalRequest(Body):
 
 class KeyRequest(Body):
     permissions: list[Permission] = Field(min_length=1)
-    label: str = Field(default="", max_length=64)
+    label: str = Field(default="", max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 class AccountRequest(Body):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 class DepositRequest(Body):

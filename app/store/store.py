@@ -249,7 +249,9 @@ def _json_form(sql: str) -> str | None:
     m = _PG_INSERT.fullmatch(sql)
     if m is None:
         return None
-    values = _PG_PARAM.sub(lambda p: f"(e->>{int(p[1]) - 1})::{p[2]}", m[3])
+    values, n = _PG_PARAM.subn(lambda p: f"(e->>{int(p[1]) - 1})::{p[2]}", m[3])
+    if n != len(m[2].split(",")) or "$" in values:  # a cast or parameter not of this form
+        return None
     return (
         f"INSERT INTO {m[1]} ({m[2]}) SELECT {values} "
         f"FROM jsonb_array_elements($@::jsonb) AS e{m[4]}"

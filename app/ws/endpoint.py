@@ -135,6 +135,11 @@ class Session:
             self.reply(self._error_response(op, req_id, exc))
             self._slots.release()
             return True
+        except Exception:  # as a frame's task does: answer it, keep the socket
+            log.exception("websocket frame failed")
+            self.reply(_error("INTERNAL_ERROR", "an unexpected server error", req_id))
+            self._slots.release()
+            return True
         self._pending.add(pending)
         pending.add_done_callback(partial(self._committed, op, req_id, aid, cmd))
         return True

@@ -541,3 +541,20 @@ async def wait_healthy(server: ServerProcess, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
     raise AssertionError("server did not become healthy again")
 
+
+
+async def test_unicode_digits_and_control_characters_are_refused(traders: MakeTrader) -> None:
+    """"²" passes str.isdigit() but is no id (it was a 500); a NUL in a key label failed
+    PostgreSQL's commit for the whole batch (it was a 503 and a recovery)."""
+    t = await traders()
+    check_response(await send(t, "DELETE", "/v1/orders/%C2%B2"), 404, "ORDER_NOT_FOUND")
+    r = await post_json(t, "/v1/orders/cancel-batch", {"cancels": [{"order_id": "²"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["error"]["code"] == "ORDER_NOT_FOUND"
+    for label in ("a\x00b", "tab\there", "\x7f"):
+        check_response(await post_json(t, "/v1/account/keys",
+                                       {"permissions": ["read"], "label": label}),
+                       422, "VALIDATION_ERROR", ctx=label)
+    r = await post_json(t, "/v1/account/keys", {"permissions": ["read"], "label": "Zoë 🚀"})
+    assert r.status_code == 201 and r.json()["label"] == "Zoë 🚀", r.text
+    assert (await t.client.account())["account_id"] == t.account_id  # still taking commands
