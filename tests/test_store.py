@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -458,3 +459,47 @@ def test_json_form_only_for_statements_it_can_rewrite() -> None:
     assert _json_form("INSERT INTO t (a, b) VALUES ($1::NUMERIC(20, 0), $2::BIGINT)") is None
     assert _json_form("INSERT INTO t (a, b) VALUES ($1, $2::BIGINT)") is None
     assert _json_form("UPDATE t SET a=$1::BIGINT WHERE t.b = $2::BIGINT") is None
+
+
+async def test_an_order_update_keeps_the_order_identity(store: Store) -> None:
+    """An order's account, market and client id are written once, by its first row: the
+    upsert of a later update does not assign them (so SQLite leaves the indexes keyed on
+    them alone), and a later row cannot move the order to another account or market."""
+    await store.write_batch(setup_batch())
+    await store.write_batch(trade_batch())
+    moved = view(2, BOB, Side.BUY, BTC // 5, OrderStatus.FILLED, filled=BTC // 5, ts=2500,
+                 client_order_id="other")._replace(market="ETH-USDC")
+    await store.write_batch([(8, 2500, c.CancelOrder(seq=8, ts=2500, account_id=ALICE,
+                                                     order_id=2), [OrderUpdate(moved)])])
+    row = await queries.get_order(store, ALICE, 2)
+    assert row is not None
+    assert (row["account_id"], row["market"], row["client_order_id"], row["updated_ts"]) == (
+        ALICE, "BTC-USDC", "a-1", 2500)
+    assert await queries.get_order(store, BOB, 2) is None
+    assigned = store._orders.sql.split("DO UPDATE SET", 1)[1]
+    assert "filled = excluded.filled" in assigned
+    for column in ("account_id", "market", "client_order_id"):
+        assert f" {column} = " not in assigned
+
+
+async def test_the_sqlite_writer_checkpoints_every_4000_wal_pages(tmp_path: Path) -> None:
+    from app.store.store import WAL_AUTOCHECKPOINT_PAGES
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/ckpt.db"
+    await upgrade_async(url)
+    st = await Store.open(url)
+    try:
+        await st.write_batch(setup_batch())
+        writer = st._sqlite_writer
+        assert writer is not None
+
+        def pragmas() -> list[Any]:  # on the writer's thread, where its connection lives
+            assert writer._conn is not None
+            return [writer._conn.execute(f"PRAGMA {p}").fetchone()[0]
+                    for p in ("wal_autocheckpoint", "journal_mode", "synchronous")]
+
+        got = await asyncio.get_running_loop().run_in_executor(writer._executor, pragmas)
+        assert WAL_AUTOCHECKPOINT_PAGES == 4000
+        assert got == [4000, "wal", 2]  # synchronous=FULL is 2
+    finally:
+        await st.close()
