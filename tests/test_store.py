@@ -503,3 +503,47 @@ async def test_the_sqlite_writer_checkpoints_every_4000_wal_pages(tmp_path: Path
         assert got == [4000, "wal", 2]  # synchronous=FULL is 2
     finally:
         await st.close()
+
+
+@pytest.mark.postgres
+async def test_the_postgres_writer_has_its_own_thread_and_reconnects(postgres_url: str) -> None:
+    """PostgreSQL batches are written by a connection on a thread of its own (started by
+    the first write); a batch that meets a killed connection fails, the next one opens a
+    new connection, and close() stops the thread."""
+    import threading
+
+    import asyncpg
+
+    from tests import dbutil
+
+    await upgrade_async(postgres_url)
+    st = await Store.open(postgres_url)
+    try:
+        writer = st._pg_writer
+        assert writer is not None and writer._thread is None  # nothing started by open()
+        await st.write_batch(setup_batch())
+        assert writer._thread is not None and writer._thread.name == "pg-writer"
+        assert writer._thread in threading.enumerate()
+        assert await st.max_seq() == 5
+
+        conn = writer._conn
+        assert conn is not None
+        admin = await asyncpg.connect(dbutil._dsn(postgres_url))
+        try:
+            killed = await admin.fetchval("SELECT pg_terminate_backend($1)",
+                                          conn.get_server_pid())
+        finally:
+            await admin.close()
+        assert killed is True
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError,
+                            asyncpg.InternalClientError, OSError)):
+            await st.write_batch(trade_batch())
+        assert writer._conn is None
+        assert await st.max_seq() == 5  # nothing of the failed batch
+        await st.write_batch(trade_batch())
+        assert await st.max_seq() == 7
+        assert writer._conn is not None and writer._conn is not conn
+        thread = writer._thread
+    finally:
+        await st.close()
+    assert not thread.is_alive() and writer._thread is None
