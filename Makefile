@@ -38,7 +38,13 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: venv native
+# The engine benchmark with its peers (pyorderbook, fastlob, order-matching) installed.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: venv native $(BENCH_STAMP)
 	$(BIN)/python loadtests/bench_engine.py
 
 clean:

@@ -14,10 +14,10 @@ limits, 30% cancels of live orders) drives every implementation:
   FIFO levels, lazy cancel, trades as tuples; no ledger, no fees, no events): about
   the fastest a straightforward pure-Python book gets, so `engine / ceiling` says
   what our bookkeeping costs.
-* `pyorderbook`, `fastlob`: PyPI order books, if importable (not project dependencies:
-  `pip install pyorderbook fastlob`). Neither has IOC, so the adapter cancels an IOC
+* `pyorderbook`, `fastlob`: PyPI order books, if importable (the `bench` extra, which
+  `make bench` installs: `pip install -e '.[bench]'`). Neither has IOC, so the adapter cancels an IOC
   remainder right after matching; that cancel is timed as part of the op.
-* `order-matching`: a third PyPI book (`pip install order-matching`), fed only the first
+* `order-matching`: a third PyPI book (in the `bench` extra too), fed only the first
   `--order-matching-ops` ops (default 20,000) of the same workload: it finds orders by
   scanning the whole book, so an op costs O(resting orders) and the full workload would
   make the benchmark much longer. Its row is compared with a second row of our engine
@@ -692,7 +692,7 @@ def make_runners(names: list[str], ops: list[wl.Op], outcome: wl.Outcome, seed: 
         except ImportError as exc:
             r = Result(name)
             r.skipped = f"not measured: {name} is not importable ({exc.msg}); " \
-                        f"`pip install {name}` into the venv"
+                        f"`make bench` installs the peers (the `bench` extra)"
             skipped.append(r)
             continue
         runner.n_ops, runner.outcome, runner.ref = n, sub_outcome, EngineRunner.name
