@@ -15,8 +15,8 @@ limits, 30% cancels of live orders) drives every implementation:
   the fastest a straightforward pure-Python book gets, so `engine / ceiling` says
   what our bookkeeping costs.
 * `pyorderbook`, `fastlob`: PyPI order books, if importable (the `bench` extra, which
-  `make bench` installs: `pip install -e '.[bench]'`). Neither has IOC, so the adapter cancels an IOC
-  remainder right after matching; that cancel is timed as part of the op.
+  `make bench` installs: `pip install -e '.[bench]'`). Neither has IOC, so the adapter
+  cancels an IOC remainder right after matching; that cancel is timed as part of the op.
 * `order-matching`: a third PyPI book (in the `bench` extra too), fed only the first
   `--order-matching-ops` ops (default 20,000) of the same workload: it finds orders by
   scanning the whole book, so an op costs O(resting orders) and the full workload would
