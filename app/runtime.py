@@ -210,7 +210,7 @@ class Runtime:
             )
         self.keys.clear()
         self.keys.update(keys)
-        for sig, ts in engine.signatures.items():  # requests accepted before a restart stay spent
+        for sig, ts in engine.signatures:  # requests accepted before a restart stay spent
             self.auth.remember(sig, ts)
         self.engine = engine
         self.recovery = report

@@ -10,7 +10,7 @@ time is the `ts` the sequencer stamped on the command.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from itertools import product
@@ -150,9 +150,11 @@ class Exchange:
         self.next_transfer_id = 1
         self.last_seq = 0
         self.last_ts = 0
-        # Signatures of the signed requests behind recent commands, oldest first, so a
-        # request captured before a restart cannot be replayed after it (app/auth.py).
-        self.signatures: OrderedDict[str, int] = OrderedDict()
+        # (signature, ts) of the signed requests behind recent commands, oldest first, so a
+        # request captured before a restart cannot be replayed after it (app/auth.py, which
+        # refuses a signature it has seen: each appears here once). Kept as the tuples the
+        # snapshot lists, so a snapshot copies references, not 60 s of pairs rebuilt.
+        self.signatures: deque[tuple[str, int]] = deque()
         self.oracle = Oracle(config.oracle_stale_ms)
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
         self._decimals = {a: spec.decimals for a, spec in config.assets.items()}
@@ -279,13 +281,10 @@ class Exchange:
 
     def _remember_signature(self, sig: str, ts: int) -> None:
         sigs = self.signatures
-        sigs[sig] = ts
+        sigs.append((sig, ts))
         horizon = ts - SIGNATURE_WINDOW_MS
-        while sigs:
-            oldest = next(iter(sigs.values()))
-            if oldest >= horizon:
-                break
-            sigs.popitem(last=False)
+        while sigs[0][1] < horizon:
+            sigs.popleft()
 
     def next_deadline(self) -> int | None:
         """The ts at which a `Tick` has work to do (a GTT expiry, an index price going

@@ -72,3 +72,28 @@ def test_orders_are_written_field_by_field_in_order_fields_order() -> None:
     for o in orders:
         row = _order_out(o)
         assert len(row) == len(ORDER_FIELDS) and row == order_fields(o)
+
+
+def test_signatures_are_kept_60_s_and_snapshotted_as_the_pairs_they_are() -> None:
+    """The engine remembers (signature, ts) of signed commands for 60 s, oldest first; a
+    snapshot lists those very tuples (no per-pair copy at the seq boundary) and writes
+    them as the [sig, ts] pairs earlier snapshots held, so their hashes still match."""
+    from engine.commands import attach_signature
+
+    ex = engine_with("alice")
+    t0 = ex.last_ts
+    for k, at in enumerate((t0 + 1, t0 + 30_000, t0 + 60_001, t0 + 60_002)):
+        cmd = Deposit(account_id=ex.next_account_id - 1, asset="USDC", amount=1,
+                      deposit_id=f"s{k}")
+        attach_signature(cmd, f"sig{k}")
+        run(ex, cmd, ts=at)
+    # the first (t0 + 1) is more than 60 s older than the last (t0 + 60_002): forgotten
+    assert list(ex.signatures) == [("sig1", t0 + 30_000), ("sig2", t0 + 60_001),
+                                   ("sig3", t0 + 60_002)]
+    snap = ex.snapshot()
+    assert snap["signatures"][0] is ex.signatures[0]
+    as_pairs = {**snap, "signatures": [[s, ts] for s, ts in ex.signatures]}  # the old form
+    assert hash_snapshot(snap) == hash_snapshot(as_pairs) == canonical(as_pairs)
+    restored = Exchange.restore(default_config(), json.loads(json.dumps(as_pairs)))
+    assert list(restored.signatures) == list(ex.signatures)
+    assert restored.state_hash() == ex.state_hash()
