@@ -508,8 +508,9 @@ async def test_the_sqlite_writer_checkpoints_every_4000_wal_pages(tmp_path: Path
 @pytest.mark.postgres
 async def test_the_postgres_writer_has_its_own_thread_and_reconnects(postgres_url: str) -> None:
     """PostgreSQL batches are written by a connection on a thread of its own (started by
-    the first write); a batch that meets a killed connection fails, the next one opens a
-    new connection, and close() stops the thread."""
+    the first write). A batch that fails drops that connection and the next one opens a
+    new one; a connection killed while idle is replaced before a batch is sent on it (the
+    batch is written, not failed); close() stops the thread, and a write after it raises."""
     import threading
 
     import asyncpg
@@ -526,24 +527,29 @@ async def test_the_postgres_writer_has_its_own_thread_and_reconnects(postgres_ur
         assert writer._thread in threading.enumerate()
         assert await st.max_seq() == 5
 
-        conn = writer._conn
-        assert conn is not None
+        first = writer._conn
+        assert first is not None
+        with pytest.raises(asyncpg.UniqueViolationError):  # seq 1-5 again: refused
+            await st.write_batch(setup_batch())
+        assert writer._conn is None and first.is_closed()
+        assert await st.max_seq() == 5
+
+        await st.write_batch(trade_batch()[:1])  # seq 6, on a new connection
+        second = writer._conn
+        assert second is not None and second is not first
         admin = await asyncpg.connect(dbutil._dsn(postgres_url))
         try:
-            killed = await admin.fetchval("SELECT pg_terminate_backend($1)",
-                                          conn.get_server_pid())
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)",
+                                        second.get_server_pid()) is True
         finally:
             await admin.close()
-        assert killed is True
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError,
-                            asyncpg.InternalClientError, OSError)):
-            await st.write_batch(trade_batch())
-        assert writer._conn is None
-        assert await st.max_seq() == 5  # nothing of the failed batch
-        await st.write_batch(trade_batch())
+        writer._last_used -= writer.IDLE_CHECK_S  # idle long enough to be checked first
+        await st.write_batch(trade_batch()[1:])  # seq 7: written, on a third connection
         assert await st.max_seq() == 7
-        assert writer._conn is not None and writer._conn is not conn
+        assert writer._conn is not None and writer._conn not in (first, second)
         thread = writer._thread
     finally:
         await st.close()
     assert not thread.is_alive() and writer._thread is None
+    with pytest.raises(RuntimeError, match="closed"):
+        await st._pg_writer.write([])

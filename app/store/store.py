@@ -19,9 +19,11 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import logging
 import re
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
@@ -62,6 +64,8 @@ from engine.events import (
 )
 
 Entry = tuple[int, int, Command, Sequence[Event]]
+
+log = logging.getLogger(__name__)
 
 
 _JOURNAL_PAGE = (
@@ -621,7 +625,14 @@ class PgWriter:
     same batch takes 1.3 ms on an idle loop); here asyncpg reads it as it arrives. The
     thread and the connection are made on the first write; a failed write drops the
     connection, and the next write opens a new one (the sequencer recovers in between).
+    A connection found closed, or silent for `IDLE_CHECK_S` and not answering a ping
+    (a database restart, an idle timeout, a dropped route), is replaced before the batch
+    is sent, as the pool's pre-ping did for the old per-batch connection: nothing of the
+    batch was sent on it, so nothing can have been committed.
     """
+
+    IDLE_CHECK_S = 10.0
+    PING_TIMEOUT_S = 5.0
 
     def __init__(self, engine: AsyncEngine) -> None:
         cargs, cparams = engine.dialect.create_connect_args(engine.url)
@@ -633,31 +644,52 @@ class PgWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._conn: asyncpg.Connection | None = None
+        self._last_used = 0.0  # time.monotonic() of the connection's last answer
+        self._closed = False
 
     def _start(self) -> asyncio.AbstractEventLoop:
+        if self._closed:
+            raise RuntimeError("the store is closed")
         if self._loop is None:
             self._loop = loop = _new_event_loop()
             self._thread = threading.Thread(target=loop.run_forever, name="pg-writer", daemon=True)
             self._thread.start()
         return self._loop
 
-    async def _write(self, statements: Sequence[Statement]) -> None:
+    async def _usable(self) -> asyncpg.Connection:
         conn = self._conn
-        if conn is None:
-            cargs, cparams = self._connect_args
-            conn = self._conn = await asyncpg.connect(*cargs, **cparams)
+        if conn is not None and not conn.is_closed():
+            if time.monotonic() - self._last_used < self.IDLE_CHECK_S:
+                return conn
+            try:
+                await conn.execute(";", timeout=self.PING_TIMEOUT_S)
+                return conn
+            except Exception:
+                log.warning("the journal connection did not answer a ping; reconnecting")
+        if conn is not None:
+            conn.terminate()
+        self._conn = None
+        cargs, cparams = self._connect_args
+        self._conn = conn = await asyncpg.connect(*cargs, **cparams)
+        return conn
+
+    async def _write(self, statements: Sequence[Statement]) -> None:
+        conn = await self._usable()
         try:
             await write_asyncpg(conn, statements)
         except BaseException:
             self._conn = None
             conn.terminate()
             raise
+        self._last_used = time.monotonic()
 
     async def write(self, statements: Sequence[Statement]) -> None:
-        done = asyncio.run_coroutine_threadsafe(self._write(statements), self._start())
+        loop = self._start()
+        done = asyncio.run_coroutine_threadsafe(self._write(statements), loop)
         await asyncio.wrap_future(done)
 
     async def close(self) -> None:
+        self._closed = True  # a write after this raises instead of starting a new thread
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
