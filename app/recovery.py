@@ -2,7 +2,8 @@
 
 Rules owned here:
 * a snapshot is the engine's plain-data state at a seq boundary, stored as
-  zlib-compressed orjson with a CRC32 of those bytes and the engine's
+  zlib-compressed canonical JSON (the very text the state hash is taken of)
+  with a CRC32 of those bytes and the engine's
   `state_hash`; loading checks both, so a truncated or altered snapshot is
   rejected and the previous one is tried (down to a full replay from seq 1);
 * the journal after the snapshot must be gapless with valid checksums, or
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import time
 import zlib
@@ -27,7 +29,7 @@ import orjson
 from app.store import Store
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
-from engine.snapshot import hash_snapshot
+from engine.snapshot import canonical_json
 
 log = logging.getLogger("exchange.recovery")
 
@@ -56,9 +58,9 @@ class RecoveryReport:
 
 def encode_snapshot(snap: dict[str, Any]) -> tuple[bytes, int, str]:
     """(data, crc32 of data, state hash). CPU-heavy: run it off the event loop."""
-    state_hash = hash_snapshot(snap)
-    data = zlib.compress(orjson.dumps(snap), 1)
-    return data, zlib.crc32(data), state_hash
+    text = canonical_json(snap)  # hashed and stored: one serialization, not two
+    data = zlib.compress(text, 1)
+    return data, zlib.crc32(data), hashlib.sha256(text).hexdigest()
 
 
 def decode_snapshot(

@@ -243,8 +243,8 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     return ex
 
 
-def hash_snapshot(snap: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON: sorted keys, no spaces, non-ASCII escaped.
+def canonical_json(snap: dict[str, Any]) -> bytes:
+    """The canonical JSON text of a snapshot: sorted keys, no spaces, non-ASCII escaped.
 
     orjson writes those same bytes 4-5x faster for the data of a snapshot (strings,
     integers, lists, dicts with string keys, None and booleans; no floats) whenever its
@@ -256,4 +256,9 @@ def hash_snapshot(snap: dict[str, Any]) -> str:
         data = b"\x80"  # not accepted: fall through to json
     if not data.isascii() or b"\x7f" in data:
         data = json.dumps(snap, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(data).hexdigest()
+    return data
+
+
+def hash_snapshot(snap: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (`canonical_json`)."""
+    return hashlib.sha256(canonical_json(snap)).hexdigest()

@@ -97,3 +97,21 @@ def test_signatures_are_kept_60_s_and_snapshotted_as_the_pairs_they_are() -> Non
     restored = Exchange.restore(default_config(), json.loads(json.dumps(as_pairs)))
     assert list(restored.signatures) == list(ex.signatures)
     assert restored.state_hash() == ex.state_hash()
+
+
+def test_a_stored_snapshot_is_the_text_its_hash_is_taken_of() -> None:
+    """encode_snapshot serializes once: the stored (compressed) bytes are the canonical
+    text, whose SHA-256 is the state hash, and they decode to the same engine."""
+    import zlib
+
+    from app.recovery import decode_snapshot, encode_snapshot
+
+    ex = engine_with("Zoë")  # non-ASCII: the standard library's escaped text
+    snap = ex.snapshot()
+    data, checksum, state_hash = encode_snapshot(snap)
+    text = zlib.decompress(data)
+    assert text == json.dumps(snap, sort_keys=True, separators=(",", ":")).encode()
+    assert state_hash == hashlib.sha256(text).hexdigest() == ex.state_hash()
+    assert checksum == zlib.crc32(data)
+    assert decode_snapshot(default_config(), data, checksum, state_hash).state_hash() == (
+        state_hash)
