@@ -105,7 +105,8 @@ class Authenticator:
     has_permission = staticmethod(has_permission)
 
     def remember(self, signature: str, ts_ms: int) -> None:
-        """Mark a signature as accepted at `ts_ms` (e.g. from the journal after a restart)."""
+        """Mark a signature as accepted with the timestamp `ts_ms` its request claimed (from
+        the journal after a restart): it stays spent until `ts_ms` + the longest window."""
         if signature not in self._seen:
             self._remember(signature, ts_ms + self.max_recv_window_ms)
 
@@ -120,6 +121,22 @@ class Authenticator:
         recv_window: str | int | None = None,
     ) -> KeyRecord:
         """Return the caller's KeyRecord or raise AuthError (see module docstring)."""
+        return self.verify_request(
+            api_key, timestamp, signature, method, path_with_query, body, recv_window
+        )[0]
+
+    def verify_request(
+        self,
+        api_key: str | None,
+        timestamp: str | int | None,
+        signature: str | None,
+        method: str,
+        path_with_query: str,
+        body: bytes,
+        recv_window: str | int | None = None,
+    ) -> tuple[KeyRecord, int]:
+        """`verify`, also returning the timestamp (ms) the request claimed: the journal
+        keeps it with the signature (`engine.commands.attach_signature`)."""
         if not api_key or timestamp is None or timestamp == "" or not signature:
             raise AuthError(
                 "MISSING_AUTH_HEADERS", "X-API-Key, X-Timestamp and X-Signature are required"
@@ -152,7 +169,7 @@ class Authenticator:
         if signature in self._seen:
             raise AuthError("REPLAYED_SIGNATURE", "this signature was already used")
         self._remember(signature, ts + self.max_recv_window_ms)
-        return record
+        return record, ts
 
     def remembered(self) -> int:
         """Number of signatures currently remembered (for tests and metrics)."""

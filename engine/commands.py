@@ -17,6 +17,7 @@ class Command:
     seq: int = 0
     ts: int = 0
     sig: str | None = None  # the request signature that authorised it (replay window)
+    sig_ts: int | None = None  # the timestamp that request claimed (ms), None if unknown
 
 
 def stamp(cmd: Command, seq: int, ts: int) -> None:
@@ -27,11 +28,15 @@ def stamp(cmd: Command, seq: int, ts: int) -> None:
     object.__setattr__(cmd, "ts", ts)
 
 
-def attach_signature(cmd: Command, sig: str) -> None:
-    """Record the signature of the request that carried `cmd` (journaled, so the replay
-    window survives a restart). Only the edge that built the command does this, before
-    handing it to the sequencer; in place for the same reason as `stamp`."""
+def attach_signature(cmd: Command, sig: str, sig_ts: int) -> None:
+    """Record the signature of the request that carried `cmd` and the timestamp it
+    claimed (journaled, so the replay window survives a restart: the signature stays
+    spent until `sig_ts` + the longest receive window, as it did before the restart,
+    even when the request was dated ahead of the server's clock). Only the edge that
+    built the command does this, before handing it to the sequencer; in place for the
+    same reason as `stamp`."""
     object.__setattr__(cmd, "sig", sig)
+    object.__setattr__(cmd, "sig_ts", sig_ts)
 
 
 @message

@@ -150,10 +150,13 @@ class Exchange:
         self.next_transfer_id = 1
         self.last_seq = 0
         self.last_ts = 0
-        # (signature, ts) of the signed requests behind recent commands, oldest first, so a
-        # request captured before a restart cannot be replayed after it (app/auth.py, which
-        # refuses a signature it has seen: each appears here once). Kept as the tuples the
-        # snapshot lists, so a snapshot copies references, not 60 s of pairs rebuilt.
+        # (signature, ts) of the signed requests behind recent commands, in command order, so
+        # a request captured before a restart cannot be replayed after it (app/auth.py, which
+        # refuses a signature it has seen: each appears here once). `ts` is the timestamp the
+        # request claimed (the command's own for journals older than `Command.sig_ts`); a
+        # pair is kept while `ts` + the longest receive window has not passed, so a request
+        # dated ahead of the server stays spent as long as it would be valid. Kept as the
+        # tuples the snapshot lists, so a snapshot copies references, not pairs rebuilt.
         self.signatures: deque[tuple[str, int]] = deque()
         self.oracle = Oracle(config.oracle_stale_ms)
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
@@ -231,7 +234,8 @@ class Exchange:
         self.last_seq = cmd.seq
         self.last_ts = cmd.ts
         if cmd.sig is not None:
-            self._remember_signature(cmd.sig, cmd.ts)
+            sig_ts = cmd.sig_ts
+            self._remember_signature(cmd.sig, cmd.ts if sig_ts is None else sig_ts, cmd.ts)
         self._expire_due(cmd.ts)
         if self.dead_man:
             self._fire_dead_men(cmd.ts)
@@ -279,11 +283,14 @@ class Exchange:
         self._events = []
         return events
 
-    def _remember_signature(self, sig: str, ts: int) -> None:
+    def _remember_signature(self, sig: str, sig_ts: int, now: int) -> None:
+        """Remember `sig` (claimed `sig_ts`) and forget the oldest pairs that have expired.
+        Only expired pairs are dropped; one dated ahead keeps those behind it a while
+        longer (at most one more window), which is harmless."""
         sigs = self.signatures
-        sigs.append((sig, ts))
-        horizon = ts - SIGNATURE_WINDOW_MS
-        while sigs[0][1] < horizon:
+        sigs.append((sig, sig_ts))
+        horizon = now - SIGNATURE_WINDOW_MS
+        while sigs and sigs[0][1] < horizon:
             sigs.popleft()
 
     def next_deadline(self) -> int | None:

@@ -120,6 +120,34 @@ def test_replay_rejected_even_with_larger_window_then_expires() -> None:
     assert auth.remembered() == 0  # pruned lazily
 
 
+def test_a_request_dated_ahead_stays_spent_after_a_restart() -> None:
+    """A request dated 59 s ahead of the server, with a 60 s window, is valid until its own
+    timestamp + 60 s. The journal keeps the timestamp it claimed with its signature, so the
+    memory a restart rebuilds from the engine (as `Runtime.rebuild` does) still refuses
+    it 70 s after it was accepted, when the command's own ts + 60 s has passed."""
+    from engine.commands import Deposit, attach_signature
+    from engine.exchange import Exchange
+    from engine.markets import default_config
+    from tests.engine_helpers import run
+
+    clock = Clock()
+    auth = make(clock)
+    args = signed(ts=NOW + 59_000)
+    record, claimed = auth.verify_request(*args, recv_window="60000")
+    assert (record, claimed) == (USER, NOW + 59_000)
+    ex = Exchange(default_config())
+    cmd = Deposit(account_id=1, asset="USDC", amount=1, deposit_id="d")
+    attach_signature(cmd, args[2], claimed)
+    run(ex, cmd, ts=NOW)
+    clock.now = NOW + 70_000  # after a restart: a fresh memory, rebuilt from the engine
+    rebuilt = make(clock)
+    for sig, ts in ex.signatures:
+        rebuilt.remember(sig, ts)
+    assert code_of(rebuilt, *args, recv_window="60000") == "REPLAYED_SIGNATURE"
+    clock.now = NOW + 119_001  # its own window is over
+    assert code_of(rebuilt, *args, recv_window="60000") == "TIMESTAMP_OUTSIDE_RECV_WINDOW"
+
+
 def test_ws_auth_payload() -> None:
     sig = sign(USER.secret, NOW, "GET", "/v1/ws", b"")
     auth = make()

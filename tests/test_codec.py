@@ -32,6 +32,7 @@ place = st.builds(
     reduce_only=st.booleans(),
     trigger_price=maybe_int,
     sig=st.none() | text,
+    sig_ts=maybe_int,
 )
 cancel = st.builds(
     c.CancelOrder,
@@ -123,6 +124,7 @@ def test_nested_commands_are_encoded_as_tagged_dicts() -> None:
     assert type(data["orders"][0]) is dict and data["orders"][0]["command"] == "PlaceOrder"
     cancel = c.CancelOrder(account_id=1, order_id=9)
     assert codec.encode(c.BatchCancel(account_id=1, cancels=(cancel,)))["cancels"] == [
-        {"command": "CancelOrder", "seq": 0, "ts": 0, "sig": None, "account_id": 1,
+        {"command": "CancelOrder", "seq": 0, "ts": 0, "sig": None, "sig_ts": None,
+             "account_id": 1,
          "order_id": 9, "client_order_id": None, "reason": "user"}
     ]

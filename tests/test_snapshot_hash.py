@@ -85,7 +85,7 @@ def test_signatures_are_kept_60_s_and_snapshotted_as_the_pairs_they_are() -> Non
     for k, at in enumerate((t0 + 1, t0 + 30_000, t0 + 60_001, t0 + 60_002)):
         cmd = Deposit(account_id=ex.next_account_id - 1, asset="USDC", amount=1,
                       deposit_id=f"s{k}")
-        attach_signature(cmd, f"sig{k}")
+        attach_signature(cmd, f"sig{k}", at)
         run(ex, cmd, ts=at)
     # the first (t0 + 1) is more than 60 s older than the last (t0 + 60_002): forgotten
     assert list(ex.signatures) == [("sig1", t0 + 30_000), ("sig2", t0 + 60_001),
@@ -97,6 +97,47 @@ def test_signatures_are_kept_60_s_and_snapshotted_as_the_pairs_they_are() -> Non
     restored = Exchange.restore(default_config(), json.loads(json.dumps(as_pairs)))
     assert list(restored.signatures) == list(ex.signatures)
     assert restored.state_hash() == ex.state_hash()
+
+
+def test_a_signature_is_kept_until_the_timestamp_its_request_claimed_expires() -> None:
+    """A request may be dated up to a receive window (60 s) ahead of the server, and stays
+    valid until its own timestamp + 60 s, so the engine keeps its signature by the
+    timestamp the request claimed, not the command's: a restart 70 s later still finds
+    it spent. Only expired pairs at the front are dropped (those behind a later-expiring
+    one wait for it); a journal written before `sig_ts` existed falls back to the
+    command's ts."""
+    from engine.codec import decode, encode
+    from engine.commands import attach_signature
+
+    ex = engine_with("alice")
+    t0 = ex.last_ts
+    acct = ex.next_account_id - 1
+
+    def deposit(k: int, at: int, sig_ts: int | None) -> None:
+        cmd = Deposit(account_id=acct, asset="USDC", amount=1, deposit_id=f"f{k}")
+        if sig_ts is not None:
+            attach_signature(cmd, f"sig{k}", sig_ts)
+        else:  # as decoded from an older journal: a signature without its timestamp
+            old = {**encode(cmd), "sig": f"sig{k}"}
+            del old["sig_ts"]
+            cmd = decode(old)
+            assert cmd.sig_ts is None
+        run(ex, cmd, ts=at)
+
+    deposit(0, t0 + 1, t0 + 60_001)  # dated 60 s ahead
+    deposit(1, t0 + 2, None)  # an old journal's command: kept by its own ts
+    deposit(2, t0 + 70_000, t0 + 10_000)  # dated 60 s back
+    # sig1 (t0 + 2) and sig2 have expired, but wait behind sig0, which is still valid
+    assert list(ex.signatures) == [("sig0", t0 + 60_001), ("sig1", t0 + 2),
+                                   ("sig2", t0 + 10_000)]
+    restored = Exchange.restore(default_config(), json.loads(json.dumps(ex.snapshot())))
+    assert list(restored.signatures) == list(ex.signatures)
+    deposit(3, t0 + 120_002, t0 + 120_002)  # sig0 has now expired: all three go
+    assert list(ex.signatures) == [("sig3", t0 + 120_002)]
+    one = Exchange.restore(default_config(), json.loads(json.dumps(ex.snapshot())))
+    deposit(4, t0 + 500_000, t0 + 400_000)  # expired on arrival, the deque empties
+    assert list(ex.signatures) == []
+    assert list(one.signatures) == [("sig3", t0 + 120_002)]
 
 
 def test_a_stored_snapshot_is_the_text_its_hash_is_taken_of() -> None:

@@ -129,7 +129,7 @@ def authenticate(
     rate_check(rt, "ip:" + ip, "ip")
     signature = header("x-signature")
     try:
-        record = rt.auth.verify(
+        record, ts = rt.auth.verify_request(
             header("x-api-key"),
             header("x-timestamp"),
             signature,
@@ -145,7 +145,8 @@ def authenticate(
     if permission not in ("admin", "oracle") and record.account_id is None:
         raise ApiError("PERMISSION_DENIED", "operator keys have no trading account", status=403)
     remaining = rate_check(rt, "key:" + record.api_key, category)
-    _signature.set(signature)
+    assert signature is not None  # verified
+    _signature.set((signature, ts))
     return Principal(record), remaining
 
 
@@ -170,8 +171,9 @@ def signed(permission: str, category: str = "read") -> Callable[..., Awaitable[P
     return dependency
 
 
-# The signature of the request being served (set by `signed`, same task as the handler).
-_signature: ContextVar[str | None] = ContextVar("request_signature", default=None)
+# The signature of the request being served and the timestamp it claimed (set by
+# `authenticate`, same task as the handler).
+_signature: ContextVar[tuple[str, int] | None] = ContextVar("request_signature", default=None)
 
 
 # Called once the command of the current context has its place in the sequence (the
@@ -186,9 +188,9 @@ def enqueue(rt: Runtime, command: Command) -> asyncio.Future[list[Event]]:
     restart."""
     if rt.sequencer is None:
         raise ApiError("NOT_ACCEPTING_COMMANDS", "the exchange is starting")
-    sig = _signature.get()
-    if sig is not None and command.sig is None:
-        attach_signature(command, sig)
+    signed_by = _signature.get()
+    if signed_by is not None and command.sig is None:
+        attach_signature(command, *signed_by)
     try:
         return rt.sequencer.enqueue(command)
     except ServiceUnavailable as exc:

@@ -55,6 +55,7 @@ class Side:
         self.srv = srv
         self.http = http
         self.keys: dict[str, tuple[str, str]] = {}
+        self.last_ts = 0
 
     async def setup(self) -> None:
         async with AsyncExchangeClient(self.srv.base_url, ADMIN_KEY, ADMIN_SECRET) as admin:
@@ -79,7 +80,10 @@ class Side:
         sign: str = "ok",
     ) -> httpx.Response:
         key, secret = self.keys.get(who, ("no-such-key", "x"))
-        ts = now_ms() - (60_000 if sign == "stale" else 0)
+        # a new millisecond per request: two cases with the same bytes sent within one
+        # would carry the same signature, and the second would be refused as a replay
+        self.last_ts = max(now_ms(), self.last_ts + 1)
+        ts = self.last_ts - (60_000 if sign == "stale" else 0)
         headers = auth_headers(key, secret, method, path, body, timestamp_ms=ts)
         if sign == "bad":
             headers["X-Signature"] = "0" * 64
