@@ -663,9 +663,9 @@ async def test_corrupt_snapshot_falls_back(servers: Servers) -> None:
                     await m.amend_order(placed["order"]["order_id"], size="0.02")
                 await observe()
         # A snapshot waits SNAPSHOT_DUTY times the last one's cost, so on a slow or busy
-        # machine the 204 commands above may have left fewer than three: keep adding
-        # commands (slowly: the newest snapshot must stay within 50 of the head) until
-        # the server has taken them.
+        # machine the 204 commands above could leave fewer than three, and only a later
+        # command would take the next: keep adding commands (slowly: the newest
+        # snapshot must stay within 50 of the head) until the server has taken them.
         deadline = time.monotonic() + 30
         n = 0
         while True:
@@ -741,14 +741,20 @@ async def test_corrupt_snapshot_falls_back(servers: Servers) -> None:
     async with admin_client(server) as admin:
         for i in range(60):
             await admin.deposit(maker["account_id"], "USDC", "1", f"after-{i}")
-        deadline = time.monotonic() + 20
-        while True:  # "every 50 commands": one of the last 50 seqs is (being) snapshotted
+        # "every 50 commands", but never sooner than SNAPSHOT_DUTY times the cost of the
+        # snapshot taken at opening: on a slow or busy machine the 60 deposits can all
+        # come before that, and only a later command takes the snapshot. Keep adding some.
+        deadline = time.monotonic() + 30
+        n = 0
+        while True:
             audit = await audit_of(admin)
             if audit["snapshots"] and audit["snapshots"][0]["seq"] > seq0 + 10:
                 break
             assert time.monotonic() < deadline, audit["snapshots"]
             await asyncio.sleep(0.1)
-    assert audit["seq"] == seq0 + 60
+            n += 1
+            await admin.deposit(maker["account_id"], "USDC", "1", f"after-wait-{n}")
+    assert audit["seq"] == seq0 + 60 + n
     seq0, hash0 = audit["seq"], audit["state_hash"]
     newest = audit["snapshots"][0]["seq"]
     server.kill()
