@@ -24,6 +24,7 @@ import heapq
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from exchange_client.signing import now_ms, sign
 
@@ -110,20 +111,10 @@ class Authenticator:
         if signature not in self._seen:
             self._remember(signature, ts_ms + self.max_recv_window_ms)
 
-    def verify(
-        self,
-        api_key: str | None,
-        timestamp: str | int | None,
-        signature: str | None,
-        method: str,
-        path_with_query: str,
-        body: bytes,
-        recv_window: str | int | None = None,
-    ) -> KeyRecord:
-        """Return the caller's KeyRecord or raise AuthError (see module docstring)."""
-        return self.verify_request(
-            api_key, timestamp, signature, method, path_with_query, body, recv_window
-        )[0]
+    def verify(self, *args: Any, **kwargs: Any) -> KeyRecord:
+        """Return the caller's KeyRecord or raise AuthError (see module docstring):
+        `verify_request` without the timestamp."""
+        return self.verify_request(*args, **kwargs)[0]
 
     def verify_request(
         self,
@@ -135,8 +126,9 @@ class Authenticator:
         body: bytes,
         recv_window: str | int | None = None,
     ) -> tuple[KeyRecord, int]:
-        """`verify`, also returning the timestamp (ms) the request claimed: the journal
-        keeps it with the signature (`engine.commands.attach_signature`)."""
+        """The caller's KeyRecord and the timestamp (ms) the request claimed, or AuthError
+        (see module docstring). The journal keeps the timestamp with the signature
+        (`engine.commands.attach_signature`)."""
         if not api_key or timestamp is None or timestamp == "" or not signature:
             raise AuthError(
                 "MISSING_AUTH_HEADERS", "X-API-Key, X-Timestamp and X-Signature are required"
