@@ -10,7 +10,13 @@ Rules owned here:
   recovery stops with `JournalCorrupt` naming the seq (the server refuses to
   start rather than open on a state that is not the acknowledged one);
 * after replay the engine's invariants must hold and the balances projection
-  must equal the engine's balances; a mismatch is reported, not hidden.
+  must equal the engine's balances; a mismatch is reported, not hidden;
+* the signatures of requests that may still be inside their receive window are read
+  back from the journal (every journaled command keeps the signature of the request
+  behind it and the timestamp that request claimed), so a request accepted before a
+  restart is refused as a replay after it. A request is valid until its claimed
+  timestamp + the longest window, and it claimed at most one window past the command's
+  ts, so the commands journaled in the last two windows are all that can matter.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import orjson
 from app.store import Store
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
-from engine.snapshot import canonical_json
+from engine.snapshot import canonical_json, hash_snapshot
 
 log = logging.getLogger("exchange.recovery")
 
@@ -45,6 +51,7 @@ class RecoveryReport:
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     projection_mismatches: list[str] = field(default_factory=list)
+    signatures: int = 0  # recent signatures read back from the journal (`spent_signatures`)
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -53,6 +60,7 @@ class RecoveryReport:
             "fallbacks": self.fallbacks,
             "seconds": round(self.seconds, 3),
             "projection_mismatches": self.projection_mismatches,
+            "signatures": self.signatures,
         }
 
 
@@ -69,8 +77,16 @@ def decode_snapshot(
     if zlib.crc32(data) != checksum:
         raise SnapshotInvalid("checksum mismatch")
     try:
-        snap = orjson.loads(zlib.decompress(data))
+        text = zlib.decompress(data)
+        snap = orjson.loads(text)
+        if "signatures" in snap:  # written when the engine kept signatures: hashed with them
+            if hashlib.sha256(text).hexdigest() != state_hash:
+                raise SnapshotInvalid("state hash mismatch")
+            del snap["signatures"]
+            state_hash = hash_snapshot(snap)
         engine = Exchange.restore(config, snap)
+    except SnapshotInvalid:
+        raise
     except Exception as exc:  # truncated, not JSON, wrong shape
         raise SnapshotInvalid(f"unreadable: {exc!r}"[:200]) from exc
     if engine.state_hash() != state_hash:
@@ -123,6 +139,20 @@ async def recover(store: Store, config: ExchangeConfig) -> tuple[Exchange, Recov
     for problem in report.projection_mismatches[:10]:
         log.error("projection mismatch: %s", problem)
     return engine, report
+
+
+async def spent_signatures(
+    store: Store, engine: Exchange, now_ms: int, window_ms: int, report: RecoveryReport
+) -> list[tuple[str, int]]:
+    """(signature, claimed ts) of the journaled requests that may still be inside their
+    receive window at `now_ms` (or at the last command's ts, if the clock is behind it),
+    when a request may claim a window up to `window_ms`: the last two windows of journal."""
+    started = time.perf_counter()
+    since = min(now_ms, engine.last_ts) - 2 * window_ms
+    found = await store.recent_signatures(since)
+    report.signatures = len(found)
+    log.info("read back %d recent signatures in %.2fs", len(found), time.perf_counter() - started)
+    return found
 
 
 async def replay(store: Store, engine: Exchange) -> int:

@@ -30,7 +30,7 @@ from app.auth import Authenticator, KeyRecord
 from app.config import Settings, load_exchange_config
 from app.marketdata import MarketData
 from app.ratelimit import RateLimiter
-from app.recovery import RecoveryReport, encode_snapshot, recover
+from app.recovery import RecoveryReport, encode_snapshot, recover, spent_signatures
 from app.sequencer import Entry, Sequencer, ServiceUnavailable
 from app.store import Store
 from app.views import (
@@ -210,8 +210,12 @@ class Runtime:
             )
         self.keys.clear()
         self.keys.update(keys)
-        for sig, ts in engine.signatures:  # requests accepted before a restart stay spent
-            self.auth.remember(sig, ts)
+        auth = self.auth  # requests accepted before a restart stay spent
+        spent = await spent_signatures(
+            self.store, engine, auth.clock(), auth.max_recv_window_ms, report
+        )
+        for sig, ts in spent:
+            auth.remember(sig, ts)
         self.engine = engine
         self.recovery = report
         # commands replayed since the last snapshot count towards the next one, so a server

@@ -16,8 +16,10 @@ from engine.types import CancelReason, MarketState, OrderType, Side, StpMode, Ti
 class Command:
     seq: int = 0
     ts: int = 0
-    sig: str | None = None  # the request signature that authorised it (replay window)
-    sig_ts: int | None = None  # the timestamp that request claimed (ms), None if unknown
+    # the request signature that authorised it and the timestamp (ms) that request claimed
+    # (None if unknown): journaled for the replay window only, the engine never reads them
+    sig: str | None = None
+    sig_ts: int | None = None
 
 
 def stamp(cmd: Command, seq: int, ts: int) -> None:
@@ -30,9 +32,10 @@ def stamp(cmd: Command, seq: int, ts: int) -> None:
 
 def attach_signature(cmd: Command, sig: str, sig_ts: int) -> None:
     """Record the signature of the request that carried `cmd` and the timestamp it
-    claimed (journaled, so the replay window survives a restart: the signature stays
-    spent until `sig_ts` + the longest receive window, as it did before the restart,
-    even when the request was dated ahead of the server's clock). Only the edge that
+    claimed (journaled, so the replay window survives a restart: recovery reads the
+    journal's recent signatures back and each stays spent until `sig_ts` + the longest
+    receive window, as it did before the restart, even when the request was dated ahead
+    of the server's clock; app/recovery.py). Only the edge that
     built the command does this, before handing it to the sequencer; in place for the
     same reason as `stamp`."""
     object.__setattr__(cmd, "sig", sig)

@@ -10,7 +10,7 @@ time is the `ts` the sequencer stamped on the command.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from itertools import product
@@ -105,7 +105,6 @@ MAX_UNITS = 10**17  # largest price, size, notional or single movement, in atomi
 MAX_BALANCE = 10**18  # largest balance a deposit may create
 MAX_TS = 2**62
 DEAD_MAN_MAX_MS = 86_400_000  # the longest dead-man timeout: a day
-SIGNATURE_WINDOW_MS = 60_000  # the longest receive window a request may claim
 RECENT_DONE_ORDERS = 10_000  # finished orders remembered for ORDER_NOT_LIVE answers
 _VALID_PERMISSIONS = frozenset(p.value for p in Permission) - {"admin", "oracle"}
 
@@ -150,14 +149,6 @@ class Exchange:
         self.next_transfer_id = 1
         self.last_seq = 0
         self.last_ts = 0
-        # (signature, ts) of the signed requests behind recent commands, in command order, so
-        # a request captured before a restart cannot be replayed after it (app/auth.py, which
-        # refuses a signature it has seen: each appears here once). `ts` is the timestamp the
-        # request claimed (the command's own for journals older than `Command.sig_ts`); a
-        # pair is kept while `ts` + the longest receive window has not passed, so a request
-        # dated ahead of the server stays spent as long as it would be valid. Kept as the
-        # tuples the snapshot lists, so a snapshot copies references, not pairs rebuilt.
-        self.signatures: deque[tuple[str, int]] = deque()
         self.oracle = Oracle(config.oracle_stale_ms)
         self.pools: dict[str, Pool] = {a: Pool(a) for a in config.assets}
         self._decimals = {a: spec.decimals for a, spec in config.assets.items()}
@@ -233,9 +224,6 @@ class Exchange:
         self._ts = cmd.ts
         self.last_seq = cmd.seq
         self.last_ts = cmd.ts
-        if cmd.sig is not None:
-            sig_ts = cmd.sig_ts
-            self._remember_signature(cmd.sig, cmd.ts if sig_ts is None else sig_ts, cmd.ts)
         self._expire_due(cmd.ts)
         if self.dead_man:
             self._fire_dead_men(cmd.ts)
@@ -282,16 +270,6 @@ class Exchange:
                     book.dirty_asks.clear()
         self._events = []
         return events
-
-    def _remember_signature(self, sig: str, sig_ts: int, now: int) -> None:
-        """Remember `sig` (claimed `sig_ts`) and forget the oldest pairs that have expired.
-        Only expired pairs are dropped; one dated ahead keeps those behind it a while
-        longer (at most one more window), which is harmless."""
-        sigs = self.signatures
-        sigs.append((sig, sig_ts))
-        horizon = now - SIGNATURE_WINDOW_MS
-        while sigs and sigs[0][1] < horizon:
-            sigs.popleft()
 
     def next_deadline(self) -> int | None:
         """The ts at which a `Tick` has work to do (a GTT expiry, an index price going

@@ -2,14 +2,17 @@
 
 Rule owned here: `restore(snapshot(x))` behaves exactly like `x` for every future
 command, and `state_hash` depends only on that behaviour-relevant state (lists
-are in a defined order; the expiry heap is rebuilt, not stored).
+are in a defined order; the expiry heap is rebuilt, not stored). Request signatures
+are not engine state: the journal keeps them with their commands and recovery reads
+them back from there (app/recovery.py); `restore` ignores the `signatures` list that
+snapshots written before that still hold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -139,7 +142,6 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
         ],
         "deposits": sorted([k, _transfer_out(t)] for k, t in ex.deposits.items()),
         "withdrawals": sorted([k, _transfer_out(t)] for k, t in ex.withdrawals.items()),
-        "signatures": list(ex.signatures),  # (sig, ts) tuples: the same JSON as pairs
         "oracle": [[e.asset, e.price, e.ts, e.stale] for _, e in sorted(ex.oracle.prices.items())],
         "interest_ts": ex.interest_ts,
         "funding": [
@@ -206,7 +208,6 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
     ex.done = OrderedDict((row[0], _order_in(row)) for row in snap["done"])
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}
-    ex.signatures = deque((s, ts) for s, ts in snap["signatures"])
     for asset, price, ts, stale in snap.get("oracle", []):  # absent before the oracle existed
         ex.oracle.restore(asset, price, ts, stale)
     ex.interest_ts = snap.get("interest_ts", ex.last_ts if ex.last_seq else None)

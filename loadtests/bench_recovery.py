@@ -26,7 +26,12 @@ Then, median of `--runs` (runs interleaved across backends):
 * recovery from a snapshot taken at `--snapshot-at` of the journal, written through the
   server's own path (`app.recovery.encode_snapshot` + `Store.save_snapshot`, as
   `Runtime._write_snapshot` does): `recover` loads it, checks its CRC and state hash,
-  and replays the tail.
+  and replays the tail;
+* the signatures read back at start (`app.recovery.spent_signatures`, which
+  `Runtime.rebuild` calls after `recover`): every workload command carries the
+  signature of a signed request, as a REST order does, and here every row counts as
+  recent, so this is the read-back of a journal that took `--commands` signed requests
+  in its last two minutes (500,000 is 4,000 orders/s).
 
 Every recovered engine must reach the builder's final `state_hash()`, or the script
 exits non-zero. The engine build (compiled or pure, `EXCHANGE_ENGINE`) is in the
@@ -43,6 +48,7 @@ import asyncio
 import dataclasses
 import datetime
 import gc
+import hashlib
 import os
 import shutil
 import statistics
@@ -63,7 +69,13 @@ except ModuleNotFoundError:  # run as a script: make the repository root importa
     from loadtests import workload as wl
 
 from app.db import upgrade_async
-from app.recovery import decode_snapshot, encode_snapshot, recover
+from app.recovery import (
+    RecoveryReport,
+    decode_snapshot,
+    encode_snapshot,
+    recover,
+    spent_signatures,
+)
 from app.store import Store
 from app.store import tables as t
 from engine import commands as c
@@ -82,6 +94,7 @@ BTC_DEPOSIT = 10**5 * 10**8
 TS0 = 1_795_000_000_000
 BATCH = 1000  # commands per write_batch, like a busy sequencer's group commit
 TARGET_PER_S = 100_000  # issue 3: replay >= 100k commands/s (1M rows in < 10 s)
+SIG_WINDOW_MS = 60_000  # the longest receive window (app/auth.py)
 
 
 def log(msg: str) -> None:
@@ -107,15 +120,16 @@ def commands(config: ExchangeConfig, n: int, seed: int) -> Iterator[Command]:
                     deposit_id=f"bench-{i}-{asset}",
                 )
             )
-    for seq, cmd in enumerate(setup, start=1):
-        yield dataclasses.replace(cmd, seq=seq, ts=TS0 + seq)
+    for seq, first in enumerate(setup, start=1):
+        yield dataclasses.replace(first, seq=seq, ts=TS0 + seq)
     for seq, op in enumerate(wl.generate(max(n - len(setup), 0), seed), start=len(setup) + 1):
+        cmd: Command
         if op.kind == wl.CANCEL:
-            yield c.CancelOrder(
+            cmd = c.CancelOrder(
                 seq=seq, ts=TS0 + seq, account_id=FIRST_ACCOUNT + op.account, order_id=op.order_id
             )
         else:
-            yield c.PlaceOrder(
+            cmd = c.PlaceOrder(
                 seq=seq,
                 ts=TS0 + seq,
                 account_id=FIRST_ACCOUNT + op.account,
@@ -126,6 +140,9 @@ def commands(config: ExchangeConfig, n: int, seed: int) -> Iterator[Command]:
                 price=op.price * spec.tick,
                 tif=TimeInForce.GTC if op.kind == wl.LIMIT else TimeInForce.IOC,
             )
+        # what a signed request leaves in the journal: its signature and claimed timestamp
+        c.attach_signature(cmd, hashlib.sha256(seq.to_bytes(8, "big")).hexdigest(), TS0 + seq)
+        yield cmd
 
 
 # ------------------------------------------------------------------------------ backends
@@ -153,6 +170,7 @@ class Backend:
     fetch: list[float] = field(default_factory=list)
     snap: list[float] = field(default_factory=list)
     snap_load: list[float] = field(default_factory=list)
+    sigs: list[float] = field(default_factory=list)
     replayed_after_snapshot: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -171,6 +189,7 @@ class Journal:
     snapshot_ts: int
     encode_s: float
     build_apply_s: float
+    signed: int  # commands carrying a signature
 
 
 async def build(
@@ -191,7 +210,9 @@ async def build(
             b.write_s += time.perf_counter() - t0
         entries.clear()
 
+    signed = 0
     for cmd in commands(config, n, seed):
+        signed += cmd.sig is not None
         t0 = time.perf_counter()
         events = ex.apply(cmd)
         apply_s += time.perf_counter() - t0
@@ -214,7 +235,8 @@ async def build(
         raise RuntimeError(f"builder engine breaks invariants: {problems[:5]}")
     assert snapshot is not None
     return Journal(
-        ex.last_seq, ex.state_hash(), snapshot_seq, snapshot, snapshot_ts, encode_s, apply_s
+        ex.last_seq, ex.state_hash(), snapshot_seq, snapshot, snapshot_ts, encode_s, apply_s,
+        signed,
     )
 
 
@@ -271,7 +293,7 @@ def measure_apply(config: ExchangeConfig, cmds: list[Command], final_hash: str) 
     return elapsed
 
 
-async def measure_snapshot(b: Backend, config: ExchangeConfig, j: Journal) -> None:
+async def measure_snapshot(b: Backend, config: ExchangeConfig, j: Journal) -> Exchange:
     t0 = time.perf_counter()
     engine, report = await recover(b.db, config)
     b.snap.append(time.perf_counter() - t0)
@@ -289,6 +311,17 @@ async def measure_snapshot(b: Backend, config: ExchangeConfig, j: Journal) -> No
     state_hash, checksum, data = row
     decode_snapshot(config, data, checksum, state_hash)
     b.snap_load.append(time.perf_counter() - t0)
+    return engine
+
+
+async def measure_signatures(b: Backend, j: Journal, engine: Exchange) -> None:
+    """Read back every signature, as a start would if every row were recent."""
+    t0 = time.perf_counter()
+    found = await spent_signatures(b.db, engine, TS0 + 2 * SIG_WINDOW_MS, SIG_WINDOW_MS,
+                                   RecoveryReport())
+    b.sigs.append(time.perf_counter() - t0)
+    if len(found) != j.signed:
+        b.problems.append(f"read back {len(found)} signatures, {j.signed} journaled")
 
 
 # ------------------------------------------------------------------------------ output
@@ -373,6 +406,21 @@ def report(
             f"| {fmt_s(load)} | {fmt_s(s - load)} | {fmt_rate(tail, s - load)} "
             f"| {med(b.full) / s:.1f}x |"
         )
+    lines += [
+        "",
+        f"Signatures read back at start (`spent_signatures`), every one of the {j.signed:,} "
+        "signed rows counted as recent (a start after that many signed requests in two "
+        "minutes):",
+        "",
+        "| backend | read-back s | signatures/s |",
+        "|---|---|---|",
+    ]
+    for b in backends:
+        s = med(b.sigs)
+        lines.append(
+            f"| {b.name} | {fmt_s(s)} ({fmt_s(min(b.sigs))}-{fmt_s(max(b.sigs))}) "
+            f"| {fmt_rate(j.signed, s)} |"
+        )
     problems = [f"{b.name}: {p}" for b in backends for p in b.problems]
     lines += [
         "",
@@ -443,8 +491,10 @@ async def main() -> int:
         for run in range(args.runs):
             for b in backends:
                 log(f"run {run + 1}: {b.name} recovery from the snapshot")
-                await measure_snapshot(b, config, j)
-                log(f"  {b.snap[-1]:.1f} s")
+                engine = await measure_snapshot(b, config, j)
+                log(f"  {b.snap[-1]:.1f} s; signatures read back")
+                await measure_signatures(b, j, engine)
+                log(f"  {b.sigs[-1]:.1f} s")
         print(report(args, j, backends, apply_s, skipped, build_s))
         return 1 if any(b.problems for b in backends) else 0
     finally:

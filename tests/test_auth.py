@@ -120,32 +120,64 @@ def test_replay_rejected_even_with_larger_window_then_expires() -> None:
     assert auth.remembered() == 0  # pruned lazily
 
 
-def test_a_request_dated_ahead_stays_spent_after_a_restart() -> None:
+async def test_a_request_dated_ahead_stays_spent_after_a_restart(db_url: str) -> None:
     """A request dated 59 s ahead of the server, with a 60 s window, is valid until its own
-    timestamp + 60 s. The journal keeps the timestamp it claimed with its signature, so the
-    memory a restart rebuilds from the engine (as `Runtime.rebuild` does) still refuses
-    it 70 s after it was accepted, when the command's own ts + 60 s has passed."""
-    from engine.commands import Deposit, attach_signature
+    timestamp + 60 s. The journal keeps the timestamp it claimed with its signature, and a
+    restart reads the recent ones back into a fresh memory (as `Runtime.rebuild` does),
+    so it is still refused 70 s after it was accepted, when the command's own ts + 60 s
+    has passed, and 119 s after, when the journal row is older than one window."""
+    from app.db import upgrade_async
+    from app.recovery import RecoveryReport, spent_signatures
+    from app.store import Store
+    from engine.commands import Deposit, Tick, attach_signature, stamp
     from engine.exchange import Exchange
     from engine.markets import default_config
-    from tests.engine_helpers import run
 
     clock = Clock()
     auth = make(clock)
     args = signed(ts=NOW + 59_000)
     record, claimed = auth.verify_request(*args, recv_window="60000")
     assert (record, claimed) == (USER, NOW + 59_000)
+    other = signed(ts=NOW - 61_000, body=b"{}")  # a request whose window closed at NOW - 1
     ex = Exchange(default_config())
-    cmd = Deposit(account_id=1, asset="USDC", amount=1, deposit_id="d")
-    attach_signature(cmd, args[2], claimed)
-    run(ex, cmd, ts=NOW)
-    clock.now = NOW + 70_000  # after a restart: a fresh memory, rebuilt from the engine
-    rebuilt = make(clock)
-    for sig, ts in ex.signatures:
-        rebuilt.remember(sig, ts)
-    assert code_of(rebuilt, *args, recv_window="60000") == "REPLAYED_SIGNATURE"
-    clock.now = NOW + 119_001  # its own window is over
-    assert code_of(rebuilt, *args, recv_window="60000") == "TIMESTAMP_OUTSIDE_RECV_WINDOW"
+    commands = [Deposit(account_id=1, asset="USDC", amount=1, deposit_id=f"d{k}")
+                for k in range(3)]
+    attach_signature(commands[0], other[2], NOW - 61_000)
+    attach_signature(commands[2], args[2], claimed)
+    await upgrade_async(db_url)
+    store = await Store.open(db_url)
+    try:
+        entries = []
+        for k, cmd in enumerate(commands):
+            stamp(cmd, k + 1, NOW - 1 + k)
+            ex.apply(cmd)
+            entries.append((cmd.seq, cmd.ts, cmd, []))
+        await store.write_batch(entries)
+        for now in (NOW + 70_000, NOW + 119_000):  # after a restart: a fresh memory
+            clock.now = now
+            rebuilt = make(clock)
+            report = RecoveryReport()
+            spent = await spent_signatures(store, ex, now, 60_000, report)
+            assert spent == [(args[2], NOW + 59_000), (other[2], NOW - 61_000)]
+            assert report.signatures == 2 and report.wire()["signatures"] == 2
+            for sig, ts in spent:
+                rebuilt.remember(sig, ts)
+            assert code_of(rebuilt, *args, recv_window="60000") == "REPLAYED_SIGNATURE"
+        clock.now = NOW + 119_001  # its own window is over
+        assert code_of(rebuilt, *args, recv_window="60000") == "TIMESTAMP_OUTSIDE_RECV_WINDOW"
+        # a clock behind the journal reads back from the journal's last ts instead
+        assert await spent_signatures(store, ex, NOW - 300_000, 60_000, report) == spent
+        # a clock ahead reads back from the journal's last ts: some already expired, kept
+        assert await spent_signatures(store, ex, NOW + 500_000, 60_000, report) == spent
+        # two windows after their commands, none of them can still be valid
+        tick = Tick()
+        stamp(tick, 4, NOW + 120_002)
+        ex.apply(tick)
+        await store.write_batch([(4, tick.ts, tick, [])])
+        assert await spent_signatures(store, ex, NOW + 120_002, 60_000, report) == []
+        assert report.wire()["signatures"] == 0
+    finally:
+        await store.close()
 
 
 def test_ws_auth_payload() -> None:

@@ -74,70 +74,43 @@ def test_orders_are_written_field_by_field_in_order_fields_order() -> None:
         assert len(row) == len(ORDER_FIELDS) and row == order_fields(o)
 
 
-def test_signatures_are_kept_60_s_and_snapshotted_as_the_pairs_they_are() -> None:
-    """The engine remembers (signature, ts) of signed commands for 60 s, oldest first; a
-    snapshot lists those very tuples (no per-pair copy at the seq boundary) and writes
-    them as the [sig, ts] pairs earlier snapshots held, so their hashes still match."""
+def test_request_signatures_are_not_engine_state() -> None:
+    """The signature a command carries is journaled for the replay window, but the engine
+    never reads it: the same commands with and without signatures reach the same state,
+    and a snapshot holds no signatures (recovery reads them back from the journal)."""
     from engine.commands import attach_signature
 
+    signed, plain = engine_with("alice"), engine_with("alice")
+    t0 = signed.last_ts
+    for k, at in enumerate((t0 + 1, t0 + 30_000, t0 + 60_001)):
+        for ex in (signed, plain):
+            cmd = Deposit(account_id=ex.next_account_id - 1, asset="USDC", amount=1,
+                          deposit_id=f"s{k}")
+            if ex is signed:
+                attach_signature(cmd, f"sig{k}", at + 5_000)
+            run(ex, cmd, ts=at)
+    snap = signed.snapshot()
+    assert "signatures" not in snap
+    assert snap == plain.snapshot()
+    assert signed.state_hash() == plain.state_hash()
+
+
+def test_a_snapshot_written_when_the_engine_kept_signatures_still_loads() -> None:
+    """Snapshots taken before signatures left the engine hold a `signatures` list and a
+    hash taken with it: such a snapshot loads when its text matches that hash (checked
+    before the list is dropped), into the same engine as one without the list, and is
+    refused when it does not match."""
+    from app.recovery import SnapshotInvalid, decode_snapshot, encode_snapshot
+
     ex = engine_with("alice")
-    t0 = ex.last_ts
-    for k, at in enumerate((t0 + 1, t0 + 30_000, t0 + 60_001, t0 + 60_002)):
-        cmd = Deposit(account_id=ex.next_account_id - 1, asset="USDC", amount=1,
-                      deposit_id=f"s{k}")
-        attach_signature(cmd, f"sig{k}", at)
-        run(ex, cmd, ts=at)
-    # the first (t0 + 1) is more than 60 s older than the last (t0 + 60_002): forgotten
-    assert list(ex.signatures) == [("sig1", t0 + 30_000), ("sig2", t0 + 60_001),
-                                   ("sig3", t0 + 60_002)]
-    snap = ex.snapshot()
-    assert snap["signatures"][0] is ex.signatures[0]
-    as_pairs = {**snap, "signatures": [[s, ts] for s, ts in ex.signatures]}  # the old form
-    assert hash_snapshot(snap) == hash_snapshot(as_pairs) == canonical(as_pairs)
-    restored = Exchange.restore(default_config(), json.loads(json.dumps(as_pairs)))
-    assert list(restored.signatures) == list(ex.signatures)
+    old = {**ex.snapshot(), "signatures": [["ab" * 32, ex.last_ts + 60_000]]}
+    data, checksum, old_hash = encode_snapshot(old)
+    assert old_hash == canonical(old) != ex.state_hash()
+    restored = decode_snapshot(default_config(), data, checksum, old_hash)
     assert restored.state_hash() == ex.state_hash()
-
-
-def test_a_signature_is_kept_until_the_timestamp_its_request_claimed_expires() -> None:
-    """A request may be dated up to a receive window (60 s) ahead of the server, and stays
-    valid until its own timestamp + 60 s, so the engine keeps its signature by the
-    timestamp the request claimed, not the command's: a restart 70 s later still finds
-    it spent. Only expired pairs at the front are dropped (those behind a later-expiring
-    one wait for it); a journal written before `sig_ts` existed falls back to the
-    command's ts."""
-    from engine.codec import decode, encode
-    from engine.commands import attach_signature
-
-    ex = engine_with("alice")
-    t0 = ex.last_ts
-    acct = ex.next_account_id - 1
-
-    def deposit(k: int, at: int, sig_ts: int | None) -> None:
-        cmd = Deposit(account_id=acct, asset="USDC", amount=1, deposit_id=f"f{k}")
-        if sig_ts is not None:
-            attach_signature(cmd, f"sig{k}", sig_ts)
-        else:  # as decoded from an older journal: a signature without its timestamp
-            old = {**encode(cmd), "sig": f"sig{k}"}
-            del old["sig_ts"]
-            cmd = decode(old)
-            assert cmd.sig_ts is None
-        run(ex, cmd, ts=at)
-
-    deposit(0, t0 + 1, t0 + 60_001)  # dated 60 s ahead
-    deposit(1, t0 + 2, None)  # an old journal's command: kept by its own ts
-    deposit(2, t0 + 70_000, t0 + 10_000)  # dated 60 s back
-    # sig1 (t0 + 2) and sig2 have expired, but wait behind sig0, which is still valid
-    assert list(ex.signatures) == [("sig0", t0 + 60_001), ("sig1", t0 + 2),
-                                   ("sig2", t0 + 10_000)]
-    restored = Exchange.restore(default_config(), json.loads(json.dumps(ex.snapshot())))
-    assert list(restored.signatures) == list(ex.signatures)
-    deposit(3, t0 + 120_002, t0 + 120_002)  # sig0 has now expired: all three go
-    assert list(ex.signatures) == [("sig3", t0 + 120_002)]
-    one = Exchange.restore(default_config(), json.loads(json.dumps(ex.snapshot())))
-    deposit(4, t0 + 500_000, t0 + 400_000)  # expired on arrival, the deque empties
-    assert list(ex.signatures) == []
-    assert list(one.signatures) == [("sig3", t0 + 120_002)]
+    assert restored.snapshot() == ex.snapshot()
+    with pytest.raises(SnapshotInvalid, match="state hash mismatch"):
+        decode_snapshot(default_config(), data, checksum, ex.state_hash())
 
 
 def test_a_stored_snapshot_is_the_text_its_hash_is_taken_of() -> None:

@@ -341,6 +341,32 @@ async def test_journal_gap(store: Store) -> None:
         _ = [e async for e in store.read_journal(after_seq=1, batch=1)]
 
 
+async def test_recent_signatures_are_read_back_from_the_journal(store: Store) -> None:
+    """`recent_signatures(since)` gives (signature, claimed ts) of the signed commands
+    journaled at `since` or later, newest first, over pages; a command journaled before
+    `sig_ts` existed gives its own ts, and a command without a signature gives nothing."""
+    signed = {2: ("s2", 61_000), 3: ("s3", None), 5: ("s5", 4_990), 6: ("s6", 6_001)}
+    entries: Entries = []
+    for seq in range(1, 8):
+        cmd = c.Deposit(seq=seq, ts=seq * 1_000, account_id=ALICE, asset="USDC", amount=1,
+                        deposit_id=f"d{seq}")
+        if seq in signed:
+            sig, sig_ts = signed[seq]
+            if sig_ts is None:  # as an older journal holds it
+                object.__setattr__(cmd, "sig", sig)
+            else:
+                c.attach_signature(cmd, sig, sig_ts)
+        entries.append((seq, seq * 1_000, cmd, []))
+    await store.write_batch(entries)
+    newest_first = [("s6", 6_001), ("s5", 4_990), ("s3", 3_000), ("s2", 61_000)]
+    for page in (1, 2, 3, 20_000):
+        assert await store.recent_signatures(2_000, page) == newest_first
+        assert await store.recent_signatures(2_001, page) == newest_first[:3]
+        assert await store.recent_signatures(5_000, page) == newest_first[:2]
+    assert await store.recent_signatures(7_000) == []
+    assert await store.recent_signatures(0) == newest_first
+
+
 async def test_failed_batch_writes_nothing(store: Store) -> None:
     await store.write_batch(setup_batch())
     with pytest.raises(Exception):  # noqa: B017 - seq 5 exists: the whole batch must roll back

@@ -437,6 +437,33 @@ class Store:
             value = await conn.scalar(select(func.max(t.journal.c.seq)))
         return int(value or 0)
 
+    async def recent_signatures(self, since_ts: int, page: int = 20000) -> list[tuple[str, int]]:
+        """(signature, claimed ts) of the signed commands journaled at `since_ts` or later,
+        newest first: a backward scan by seq (ts never falls as seq rises) over the rows
+        that hold a signature, a page at a time, until a page reaches back before
+        `since_ts`. A command journaled without `sig_ts` gives its own ts."""
+        j = t.journal
+        query = (
+            select(j.c.seq, j.c.ts, j.c.command)
+            .where(j.c.seq < bindparam("before"), j.c.command.like('%"sig":"%'))
+            .order_by(j.c.seq.desc())
+            .limit(page)
+        )
+        out: list[tuple[str, int]] = []
+        before = 2**62
+        async with self.engine.connect() as conn:
+            while True:
+                rows = (await conn.execute(query, {"before": before})).all()
+                for _seq, ts, command in rows:
+                    if ts < since_ts:
+                        return out
+                    d = orjson.loads(command)
+                    sig_ts = d.get("sig_ts")
+                    out.append((d["sig"], ts if sig_ts is None else sig_ts))
+                if len(rows) < page:
+                    return out
+                before = rows[-1][0]
+
     async def read_journal(
         self, after_seq: int = 0, batch: int = 20000
     ) -> AsyncIterator[tuple[int, int, Command]]:
