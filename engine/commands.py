@@ -190,6 +190,15 @@ class SetRiskPlan(Command):
     keep_last: tuple[str, ...] = ()
 
 
+@message
+class OpenSession(Command):
+    """A WebSocket session authenticated as `account_id`. It changes no state: it is
+    journaled for the signature of the `auth` frame, so that frame cannot open another
+    session after a restart either, and it records who logged in when."""
+
+    account_id: int
+
+
 ALL_COMMANDS: tuple[type[Command], ...] = (
     CreateAccount,
     CreateApiKey,
@@ -207,5 +216,6 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetOraclePrices,
     SetDeadManSwitch,
     SetRiskPlan,
+    OpenSession,
     Tick,
 )

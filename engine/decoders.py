@@ -229,6 +229,16 @@ def decode_SetRiskPlan(d: dict[str, Any]) -> c.SetRiskPlan:
     )
 
 
+def decode_OpenSession(d: dict[str, Any]) -> c.OpenSession:
+    return c.OpenSession(
+        seq=d.get("seq", 0),
+        ts=d.get("ts", 0),
+        sig=d.get("sig"),
+        sig_ts=d.get("sig_ts"),
+        account_id=d["account_id"],
+    )
+
+
 def decode_Tick(d: dict[str, Any]) -> c.Tick:
     return c.Tick(
         seq=d.get("seq", 0),
@@ -255,5 +265,6 @@ DECODERS: dict[str, Callable[[dict[str, Any]], c.Command]] = {
     "SetOraclePrices": decode_SetOraclePrices,
     "SetDeadManSwitch": decode_SetDeadManSwitch,
     "SetRiskPlan": decode_SetRiskPlan,
+    "OpenSession": decode_OpenSession,
     "Tick": decode_Tick,
 }

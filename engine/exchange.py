@@ -210,6 +210,7 @@ class Exchange:
             c.SetOraclePrices: self._set_oracle_prices,
             c.SetDeadManSwitch: self._set_dead_man,
             c.SetRiskPlan: self._set_risk_plan,
+            c.OpenSession: lambda cmd: None,  # journaled for its signature only
             c.Tick: lambda cmd: None,
         }
 

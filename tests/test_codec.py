@@ -76,6 +76,7 @@ commands = st.one_of(
         auto_borrow=st.none() | st.booleans(),
         tier=maybe_int,
     ),
+    st.builds(c.OpenSession, account_id=ints),
     st.builds(c.Tick, seq=ints, ts=ints),
 )
 

@@ -13,6 +13,9 @@ Rules owned here:
   and `order.cancel` get there without a task of their own when nothing before them
   is still on its way (checked, queued, and answered from the commit's callback);
   every other frame, and these when one is, runs as a task that waits its turn;
+* `auth` journals an `OpenSession` carrying the frame's signature and answers once it
+  commits (a captured frame cannot open a session after a restart either); the frames
+  after it wait until then, so an order sent right behind it finds the session open;
 * with `cancel_on_disconnect`, closing the socket cancels the account's orders.
 """
 
@@ -37,6 +40,7 @@ from app.errors import ApiError
 from app.runtime import Runtime
 from app.ws.hub import PRIVATE_CHANNELS, Connection
 from engine import commands as c
+from engine.commands import attach_signature
 from engine.events import Event
 from engine.types import CancelReason
 
@@ -253,7 +257,7 @@ class Session:
         elif op in ("subscribe", "unsubscribe"):
             self.subscription(op, msg, req_id)
         elif op == "auth":
-            self.auth(msg, req_id)
+            await self.auth(msg, req_id)
         elif isinstance(op, str) and op.startswith("order."):
             result = await self.order_entry(op, msg)
             self.reply({"type": "response", "id": req_id, "result": result})
@@ -288,10 +292,15 @@ class Session:
             if ch.startswith("book:"):
                 self.reply(self.rt.marketdata.book_snapshot_message(ch.split(":", 1)[1]))
 
-    def auth(self, msg: dict[str, Any], req_id: Any) -> None:
+    async def auth(self, msg: dict[str, Any], req_id: Any) -> None:
+        """Verify the frame, journal an `OpenSession` with its signature (so the frame is
+        still spent after a restart) and answer once that commits. The frames after it
+        wait for that (its turn ends when this returns, not once its command is queued):
+        an order read next must find the session open."""
+        signature = msg.get("signature")
         try:
-            record = self.rt.auth.verify(
-                msg.get("api_key"), msg.get("timestamp"), msg.get("signature"), "GET", "/v1/ws", b""
+            record, ts = self.rt.auth.verify_request(
+                msg.get("api_key"), msg.get("timestamp"), signature, "GET", "/v1/ws", b""
             )
         except AuthError as exc:
             raise ApiError(exc.code, exc.message, status=401) from exc
@@ -299,6 +308,11 @@ class Session:
             raise ApiError(
                 "PERMISSION_DENIED", "operator keys cannot open trading sessions", status=403
             )
+        assert isinstance(signature, str)  # verified
+        session = c.OpenSession(account_id=record.account_id)
+        attach_signature(session, signature, ts)
+        on_queued.set(None)
+        await submit(self.rt, session)
         self.account_id = record.account_id
         self.api_key = record.api_key
         self.cancel_on_disconnect = bool(msg.get("cancel_on_disconnect", False))

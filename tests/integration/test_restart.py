@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import websockets
 
 from exchange_client import AsyncExchangeClient, BookFollower, ExchangeWebSocket
-from exchange_client.signing import auth_headers
+from exchange_client.signing import auth_headers, ws_auth_frame
 from tests.integration.conftest import start_server
-from tests.server import ROOT, ServerProcess
+from tests.server import ADMIN_KEY, ADMIN_SECRET, ROOT, ServerProcess
 
 
 def cli(server: ServerProcess, *args: str) -> dict[str, Any]:
@@ -183,3 +184,52 @@ async def test_a_request_captured_before_a_crash_cannot_be_replayed_after_it(
         orders = (await a.get_orders())["orders"]
     assert [o["order_id"] for o in orders] == [first.json()["order"]["order_id"]]
 
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def wide_window_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose default receive window is the longest (60 s), so a WebSocket `auth`
+    frame (which names no window) is still inside it after a restart on a slow machine."""
+    yield from start_server(request.param, tmp_path, {"EXCHANGE_RECV_WINDOW_MS": "60000"})
+
+
+async def test_a_websocket_auth_frame_captured_before_a_crash_cannot_open_a_session_after_it(
+    wide_window_server: ServerProcess,
+) -> None:
+    """`auth` journals an OpenSession with the frame's signature, so the same frame sent
+    again after a SIGKILL and restart is refused as a replay; a fresh frame still opens a
+    session, and an order pipelined right behind it finds the session open. The audit's
+    recovery counts the signatures read back: the account, the deposit and the session."""
+    server = wide_window_server
+    alice = cli(server, "accounts", "create", "--name", "alice")
+    cli(server, "deposit", alice["account_id"], "USDC", "1000", "--deposit-id", "d-1")
+    frame = orjson.dumps(ws_auth_frame(alice["api_key"], alice["api_secret"])).decode()
+
+    async def send_auth(text: str) -> dict[str, Any]:
+        async with websockets.connect(server.ws_url) as ws:
+            await ws.send(text)
+            answer: dict[str, Any] = orjson.loads(await ws.recv())
+            return answer
+
+    first = await send_auth(frame)
+    assert first["result"]["authenticated"] is True, first
+    assert first["result"]["account_id"] == alice["account_id"]
+    server.kill()
+    server.start()
+    again = await send_auth(frame)
+    assert again["type"] == "error" and again["error"]["code"] == "REPLAYED_SIGNATURE", again
+    async with ExchangeWebSocket() as ws:  # auth and an order sent together, pipelined
+        await ws.connect(server.ws_url)
+        fresh = ws_auth_frame(alice["api_key"], alice["api_secret"])
+        del fresh["op"]
+        session, placed = await ws.request_many([
+            ("auth", fresh),
+            ("order.place", {"market": "BTC-USDC", "side": "buy", "price": "10000",
+                             "size": "0.01"}),
+        ])
+        assert session["account_id"] == alice["account_id"], session
+        assert placed["order"]["status"] == "open", placed
+    async with AsyncExchangeClient(server.base_url, ADMIN_KEY, ADMIN_SECRET) as admin:
+        audit: dict[str, Any] = await admin.request("GET", "/v1/admin/audit")
+    assert audit["recovery"]["signatures"] == 3
+    assert audit["recovery"]["replayed"] == audit["seq"] - 2  # the new session and order
