@@ -358,6 +358,11 @@ async def test_recent_signatures_are_read_back_from_the_journal(store: Store) ->
                 c.attach_signature(cmd, sig, sig_ts)
         entries.append((seq, seq * 1_000, cmd, []))
     await store.write_batch(entries)
+    # a row journaled before `sig_ts` existed has no such key at all
+    async with store.engine.begin() as conn:
+        await conn.execute(text("UPDATE journal SET command = replace(command, :key, '') "
+                                "WHERE seq = 3"), {"key": '"sig_ts":null,'})
+    assert '"sig":"s3","ts":3000' in [e async for e in store.journal_rows(3)][0][0][2]
     newest_first = [("s6", 6_001), ("s5", 4_990), ("s3", 3_000), ("s2", 61_000)]
     for page in (1, 2, 3, 20_000):
         assert await store.recent_signatures(2_000, page) == newest_first

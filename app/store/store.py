@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -71,8 +71,14 @@ log = logging.getLogger(__name__)
 _JOURNAL_PAGE = (
     "SELECT seq, ts, command, checksum FROM journal WHERE seq >= {} ORDER BY seq LIMIT {}"
 )
-_JOURNAL_PAGE_PG = _JOURNAL_PAGE.format("$1", "$2")
-_JOURNAL_PAGE_SQLITE = _JOURNAL_PAGE.format("?", "?")
+# the newest rows before a seq that hold a signature: `"sig":"` occurs in a command's
+# JSON only as the key of a signature (a quote inside a JSON string is escaped)
+_SIG_MARK = '"sig":"'
+_SIGNED_PAGE = (
+    "SELECT seq, ts, command FROM journal WHERE seq < {} AND command LIKE '%"
+    + _SIG_MARK
+    + "%' ORDER BY seq DESC LIMIT {}"
+)
 
 
 class JournalCorrupt(Exception):
@@ -441,28 +447,53 @@ class Store:
         """(signature, claimed ts) of the signed commands journaled at `since_ts` or later,
         newest first: a backward scan by seq (ts never falls as seq rises) over the rows
         that hold a signature, a page at a time, until a page reaches back before
-        `since_ts`. A command journaled without `sig_ts` gives its own ts."""
-        j = t.journal
-        query = (
-            select(j.c.seq, j.c.ts, j.c.command)
-            .where(j.c.seq < bindparam("before"), j.c.command.like('%"sig":"%'))
-            .order_by(j.c.seq.desc())
-            .limit(page)
-        )
+        `since_ts`. A command journaled without `sig_ts` gives its own ts. The two are
+        cut out of the JSON text, not decoded: a start may read half a million."""
         out: list[tuple[str, int]] = []
+        append, mark, skip = out.append, _SIG_MARK, len(_SIG_MARK)
         before = 2**62
-        async with self.engine.connect() as conn:
+        async with self._driver_fetch(_SIGNED_PAGE) as fetch:
             while True:
-                rows = (await conn.execute(query, {"before": before})).all()
+                rows = await fetch(before, page)
                 for _seq, ts, command in rows:
                     if ts < since_ts:
                         return out
-                    d = orjson.loads(command)
-                    sig_ts = d.get("sig_ts")
-                    out.append((d["sig"], ts if sig_ts is None else sig_ts))
+                    start = command.index(mark) + skip
+                    end = command.index('"', start)
+                    at = command.find('"sig_ts":', end)  # the same object's next key
+                    claimed = command[at + 9 : at + 29].partition(",")[0].partition("}")[0]
+                    if at < 0 or claimed == "null":  # journaled before sig_ts existed
+                        append((command[start:end], ts))
+                    else:
+                        append((command[start:end], int(claimed)))
                 if len(rows) < page:
                     return out
                 before = rows[-1][0]
+
+    @contextlib.asynccontextmanager
+    async def _driver_fetch(
+        self, query: str
+    ) -> AsyncIterator[Callable[..., Awaitable[Sequence[Any]]]]:
+        """`fetch(*args)`: the rows of `query` (its `{}` are the parameters) straight from
+        the driver, on one connection held meanwhile: readers of many rows skip
+        SQLAlchemy's per-row work."""
+        async with self.engine.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            if self.dialect == "postgresql":
+                sql = query.format(*(f"${k}" for k in range(1, query.count("{}") + 1)))
+
+                async def fetch(*args: Any) -> Sequence[Any]:
+                    rows: Sequence[Any] = await driver.fetch(sql, *args)
+                    return rows
+            else:
+                sql = query.format(*("?" * query.count("{}")))
+
+                async def fetch(*args: Any) -> Sequence[Any]:
+                    cursor = await driver.execute(sql, args)
+                    rows: Sequence[Any] = await cursor.fetchall()
+                    return rows
+
+            yield fetch
 
     async def read_journal(
         self, after_seq: int = 0, batch: int = 20000
@@ -513,27 +544,14 @@ class Store:
         The next page is requested before this one is handed out, so the database
         (PostgreSQL's process, or SQLite in aiosqlite's thread) reads it on the
         other core while the caller decodes and applies this one."""
-        async with self.engine.connect() as conn:
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-            if self.dialect == "postgresql":
-
-                async def fetch(start: int) -> Sequence[Any]:
-                    rows: Sequence[Any] = await driver.fetch(_JOURNAL_PAGE_PG, start, page)
-                    return rows
-            else:
-
-                async def fetch(start: int) -> Sequence[Any]:
-                    cursor = await driver.execute(_JOURNAL_PAGE_SQLITE, (start, page))
-                    rows: Sequence[Any] = await cursor.fetchall()
-                    return rows
-
-            pending = asyncio.ensure_future(fetch(from_seq))
+        async with self._driver_fetch(_JOURNAL_PAGE) as fetch:
+            pending = asyncio.ensure_future(fetch(from_seq, page))
             try:
                 while True:
                     rows = await pending
                     if not rows:
                         return
-                    pending = asyncio.ensure_future(fetch(rows[-1][0] + 1))
+                    pending = asyncio.ensure_future(fetch(rows[-1][0] + 1, page))
                     await asyncio.sleep(0)  # let the next request go out before we yield
                     yield rows
             finally:
