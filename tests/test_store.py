@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -172,6 +173,58 @@ async def test_migrations_match_tables(db_url: str) -> None:
         assert await s.max_seq() == 0
     finally:
         await s.close()
+
+
+async def test_sqlite_tables_are_one_btree_each_and_0004_keeps_every_row(
+    sqlite_url: str,
+) -> None:
+    """Migration 0004 rebuilds SQLite's tables so that each is one B-tree (no automatic
+    index for a key: INTEGER rowid keys, WITHOUT ROWID tables), keeping every row and
+    the journal's checksums; its downgrade restores the old layout with the same rows."""
+    from alembic import command
+
+    from app.db import alembic_config
+    from app.store.store import ensure_sqlite_dir
+
+    def layout() -> tuple[list[str], dict[str, list[Any]]]:
+        import sqlite3
+
+        path = sqlite_url.split("///", 1)[1]
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            names = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            autoindexes = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_%' "
+                "AND tbl_name != 'alembic_version' ORDER BY name")]
+            rows = {n: db.execute(f"SELECT * FROM {n} ORDER BY 1, 2").fetchall()
+                    for n in names if n != "alembic_version"}
+        return autoindexes, rows
+
+    ensure_sqlite_dir(sqlite_url)
+    cfg = alembic_config(sqlite_url)
+    await asyncio.to_thread(command.upgrade, cfg, "0003")
+    s = await Store.open(sqlite_url)
+    try:
+        for batch in (setup_batch(), trade_batch(), admin_batch()):
+            await s.write_batch(batch)
+    finally:
+        await s.close()
+    old_indexes, before = await asyncio.to_thread(layout)
+    assert "sqlite_autoindex_journal_1" in old_indexes and len(old_indexes) == 13
+    filled = {n for n, rows in before.items() if rows}
+    assert filled >= {"journal", "accounts", "api_keys", "orders", "trades", "fills",
+                      "balances", "ledger", "market_states"}
+    assert sum(len(rows) for rows in before.values()) == 44
+    await asyncio.to_thread(command.upgrade, cfg, "head")
+    indexes, after = await asyncio.to_thread(layout)
+    assert indexes == [] and after == before
+    s = await Store.open(sqlite_url)
+    try:
+        assert [e[0] async for e in s.read_journal()] == list(range(1, 13))
+    finally:
+        await s.close()
+    await asyncio.to_thread(command.downgrade, cfg, "0003")
+    assert await asyncio.to_thread(layout) == (old_indexes, before)
 
 
 async def test_balances_and_ledger(store: Store) -> None:

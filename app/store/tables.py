@@ -1,10 +1,15 @@
 """Table definitions (SQLAlchemy Core). The migrations in `migrations/versions` mirror them.
 
 Rule owned here: money, prices, sizes, ids and timestamps (ms) are BigInteger;
-enums are stored as their `.value` strings; no float column exists.
+enums are stored as their `.value` strings; no float column exists. On SQLite every
+table is one B-tree: a single integer key is declared INTEGER (SQLite's 64-bit rowid;
+BIGINT would add a second B-tree for the key), and a table with a composite or text
+key is WITHOUT ROWID (migration 0004).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -22,8 +27,12 @@ from sqlalchemy import (
 metadata = MetaData()
 
 
+ROWID = BigInteger().with_variant(Integer(), "sqlite")  # a single integer key
+KEYED: dict[str, Any] = {"sqlite_with_rowid": False}  # a composite or text key
+
+
 def _id(name: str) -> Column[int]:
-    return Column(name, BigInteger, primary_key=True, autoincrement=False)
+    return Column(name, ROWID, primary_key=True, autoincrement=False)
 
 
 def _big(name: str, nullable: bool = False) -> Column[int]:
@@ -64,6 +73,7 @@ api_keys = Table(
     _str("label"),
     _big("created_ts"),
     Column("revoked", Boolean, nullable=False),
+    **KEYED,
 )
 
 orders = Table(
@@ -126,6 +136,7 @@ fills = Table(
     _str("liquidity"),
     _big("ts"),
     Index("ix_fills_account_market_trade", "account_id", "market", "trade_id"),
+    **KEYED,
 )
 
 balances = Table(
@@ -134,6 +145,7 @@ balances = Table(
     Column("account_id", BigInteger, primary_key=True, autoincrement=False),
     Column("asset", String, primary_key=True),
     _big("balance"),
+    **KEYED,
 )
 
 ledger = Table(
@@ -150,6 +162,7 @@ ledger = Table(
     _big("ts"),
     _big("seq"),
     Index("ix_ledger_account_asset_transfer", "account_id", "asset", "transfer_id"),
+    **KEYED,
 )
 
 funding = Table(
@@ -164,6 +177,7 @@ funding = Table(
     _big("open_interest"),
     _big("dust"),
     _big("seq"),
+    **KEYED,
 )
 
 funding_payments = Table(
@@ -177,6 +191,7 @@ funding_payments = Table(
     _big("rate"),
     _big("amount"),  # > 0 paid, < 0 received
     _big("seq"),
+    **KEYED,
 )
 
 # Liquidation slices and bad debt (engine/liquidation.py), for GET /v1/insurance: one
@@ -204,6 +219,7 @@ liquidations = Table(
     _big("insurance", True),  # bad debt: paid by the fund
     _big("socialized", True),  # bad debt: written off against suppliers
     _big("suppliers", True),
+    **KEYED,
 )
 
 market_states = Table(
@@ -211,6 +227,7 @@ market_states = Table(
     metadata,
     Column("market", String, primary_key=True),
     _str("state"),
+    **KEYED,
 )
 
 snapshots = Table(
