@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -451,10 +451,9 @@ class Store:
         cut out of the JSON text, not decoded: a start may read half a million."""
         out: list[tuple[str, int]] = []
         append, mark, skip = out.append, _SIG_MARK, len(_SIG_MARK)
-        before = 2**62
-        async with self._driver_fetch(_SIGNED_PAGE) as fetch:
-            while True:
-                rows = await fetch(before, page)
+        pages = self._pages(_SIGNED_PAGE, 2**62, page, forward=False)
+        async with contextlib.aclosing(pages):
+            async for rows in pages:
                 for _seq, ts, command in rows:
                     if ts < since_ts:
                         return out
@@ -466,17 +465,19 @@ class Store:
                         append((command[start:end], ts))
                     else:
                         append((command[start:end], int(claimed)))
-                if len(rows) < page:
-                    return out
-                before = rows[-1][0]
+        return out
 
-    @contextlib.asynccontextmanager
-    async def _driver_fetch(
-        self, query: str
-    ) -> AsyncIterator[Callable[..., Awaitable[Sequence[Any]]]]:
-        """`fetch(*args)`: the rows of `query` (its `{}` are the parameters) straight from
-        the driver, on one connection held meanwhile: readers of many rows skip
-        SQLAlchemy's per-row work."""
+    async def _pages(
+        self, query: str, bound: int, page: int, forward: bool = True
+    ) -> AsyncGenerator[Sequence[Any], None]:
+        """The rows of `query`, whose two `{}` are a seq bound and the page size, a page
+        at a time until one is empty, straight from the driver on one connection
+        (readers of many rows skip SQLAlchemy's per-row work). Forward, the next page
+        starts after the last row; backward, the last row is the next bound.
+
+        The next page is requested before this one is handed out, so the database
+        (PostgreSQL's process, or SQLite in aiosqlite's thread) reads it on the
+        other core while the caller works on this one."""
         async with self.engine.connect() as conn:
             driver: Any = (await conn.get_raw_connection()).driver_connection
             if self.dialect == "postgresql":
@@ -493,7 +494,21 @@ class Store:
                     rows: Sequence[Any] = await cursor.fetchall()
                     return rows
 
-            yield fetch
+            step = 1 if forward else 0
+            pending = asyncio.ensure_future(fetch(bound, page))
+            try:
+                while True:
+                    rows = await pending
+                    if not rows:
+                        return
+                    pending = asyncio.ensure_future(fetch(rows[-1][0] + step, page))
+                    await asyncio.sleep(0)  # let the next request go out before we yield
+                    yield rows
+            finally:
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pending
 
     async def read_journal(
         self, after_seq: int = 0, batch: int = 20000
@@ -539,26 +554,12 @@ class Store:
         self, from_seq: int, page: int = 20000
     ) -> AsyncIterator[Sequence[tuple[int, int, str, int]]]:
         """Raw (seq, ts, command, checksum) rows from `from_seq` on, a page at a time,
-        unchecked. The next page starts after the last row of the previous one.
-
-        The next page is requested before this one is handed out, so the database
-        (PostgreSQL's process, or SQLite in aiosqlite's thread) reads it on the
-        other core while the caller decodes and applies this one."""
-        async with self._driver_fetch(_JOURNAL_PAGE) as fetch:
-            pending = asyncio.ensure_future(fetch(from_seq, page))
-            try:
-                while True:
-                    rows = await pending
-                    if not rows:
-                        return
-                    pending = asyncio.ensure_future(fetch(rows[-1][0] + 1, page))
-                    await asyncio.sleep(0)  # let the next request go out before we yield
-                    yield rows
-            finally:
-                if not pending.done():
-                    pending.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await pending
+        unchecked (`_pages`: the next one is read while the caller decodes and applies
+        this one)."""
+        pages = self._pages(_JOURNAL_PAGE, from_seq, page)
+        async with contextlib.aclosing(pages):
+            async for rows in pages:
+                yield rows
 
     # ------------------------------------------------------------------ snapshots
     async def save_snapshot(
