@@ -189,8 +189,10 @@ async def test_a_dropped_client_that_takes_no_close_frame_is_ended_then_aborted(
 async def test_a_socket_whose_send_failed_is_aborted_later(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed under the hub by someone else (the server's keepalive), the connection is
-    forgotten at once (not counted as a drop) and aborted ABORT_AFTER_S later."""
-    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 0.3)
+    forgotten at once (not counted as a drop) and aborted CLOSE_TIMEOUT_S later (the
+    time a client the hub drops gets to take its close frame)."""
+    monkeypatch.setattr(hub_module, "CLOSE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 30.0)
     hub = Hub()
     conn = connect(hub, FakeSocket(broken=True))
     kills: list[int] = []
@@ -310,8 +312,9 @@ async def test_one_frame_larger_than_the_buffer_is_not_lag() -> None:
 async def test_a_closing_direct_socket_is_forgotten_not_counted_as_slow(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Closing (by the client, or by uvicorn's keepalive while the client reads nothing):
-    forgotten, and its TCP connection aborted ABORT_AFTER_S later."""
-    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 0.3)
+    forgotten, and its TCP connection aborted CLOSE_TIMEOUT_S later."""
+    monkeypatch.setattr(hub_module, "CLOSE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(hub_module, "ABORT_AFTER_S", 30.0)
     hub = Hub()
     sock, closes = FakeDirect(), FakeSocket()
     conn = hub.connect(closes.send, closes.close, direct=sock)

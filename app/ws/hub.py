@@ -42,6 +42,9 @@ SLOW_CONSUMER_CODE = 4008
 SLOW_CONSUMER_REASON = "slow consumer: send queue full"
 CLOSE_TIMEOUT_S = 5.0  # how long a dropped client gets to take its close frame
 ABORT_AFTER_S = 10.0  # then how long before its TCP connection is aborted
+# A socket found closing under the hub (the server's keepalive gave up on a client that
+# reads nothing, or the client is closing) is aborted after CLOSE_TIMEOUT_S: as long to
+# take its close frame as a client the hub drops itself.
 
 _ids = itertools.count(1)
 
@@ -154,12 +157,14 @@ class Connection:
                 self._on_dead(self)
             # closed by the server's keepalive, say, while the client read nothing: that
             # close waits for a buffer that never drains, so abort it in a while
-            self.abort_later()
+            self.abort_later(CLOSE_TIMEOUT_S)
 
-    def abort_later(self) -> None:
-        """Drop the TCP connection ABORT_AFTER_S from now, if the server lets us."""
+    def abort_later(self, after: float | None = None) -> None:
+        """Drop the TCP connection `after` seconds from now (default ABORT_AFTER_S), if
+        the server lets us."""
         if self.kill is not None:
-            asyncio.get_running_loop().call_later(ABORT_AFTER_S, self.kill)
+            delay = ABORT_AFTER_S if after is None else after
+            asyncio.get_running_loop().call_later(delay, self.kill)
 
     def stop(self) -> None:
         """Stop the writer task (no close frame); idempotent."""
@@ -343,7 +348,7 @@ class Hub:
             return
         if conn.gone:  # closed by the server (uvicorn's keepalive, say) or the client:
             self.unregister(conn)
-            conn.abort_later()  # a client reading nothing would keep the socket forever
+            conn.abort_later(CLOSE_TIMEOUT_S)  # one reading nothing would keep it forever
         else:
             self._drop(conn)
 
