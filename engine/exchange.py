@@ -140,9 +140,6 @@ class Exchange:
         self.api_keys: dict[str, ApiKey] = {}
         self.orders: dict[int, Order] = {}  # live orders
         self.done: OrderedDict[int, Order] = OrderedDict()  # recently finished, oldest first
-        # each finished order's snapshot row, made by the first snapshot that lists it
-        # (engine/snapshot.py `_done_rows`): a finished order never changes
-        self.done_rows: dict[int, list[Any]] = {}
         self.deposits: dict[str, Transfer] = {}
         self.withdrawals: dict[str, Transfer] = {}
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_ts, order_id)

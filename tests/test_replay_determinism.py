@@ -270,9 +270,6 @@ class Original:
     final_hash: str
     snapshots: dict[int, dict[str, Any]]  # commands applied -> snapshot after JSON
     hashes: dict[int, str]  # commands applied -> state hash at that point
-    # commands applied -> finished orders listed, and those whose snapshot row an earlier
-    # snapshot made (reused) differs from a row made afresh at that point
-    finished: dict[int, tuple[int, list[int]]]
 
 
 @pytest.fixture(scope="module")
@@ -283,21 +280,13 @@ def original() -> Original:
     events: list[list[Event]] = []
     snapshots: dict[int, dict[str, Any]] = {}
     hashes: dict[int, str] = {}
-    finished: dict[int, tuple[int, list[int]]] = {}
     for i, cmd in enumerate(commands, start=1):
         events.append(ex.apply(cmd))
         if i % SNAPSHOT_EVERY == 0:
-            snap = ex.snapshot()
-            snapshots[i] = orjson.loads(orjson.dumps(snap))
+            snapshots[i] = orjson.loads(orjson.dumps(ex.snapshot()))
             hashes[i] = ex.state_hash()
-            reused = ex.done_rows
-            ex.done_rows = {}  # every finished order's row made afresh
-            fresh = ex.snapshot()["done"]
-            ex.done_rows = reused
-            changed = [row[0] for row, new in zip(snap["done"], fresh, strict=True) if row != new]
-            finished[i] = (len(fresh), changed)
     assert ex.check_invariants() == []
-    return Original(cfg, commands, events, ex.state_hash(), snapshots, hashes, finished)
+    return Original(cfg, commands, events, ex.state_hash(), snapshots, hashes)
 
 
 def test_workload_is_mixed(original: Original) -> None:
@@ -393,18 +382,6 @@ def test_replay_without_book_deltas_reaches_the_same_state(original: Original) -
     assert deltas > 5000
     assert ex.state_hash() == original.final_hash
     assert ex.check_invariants() == []
-
-
-def test_a_finished_orders_snapshot_row_made_once_stays_true(original: Original) -> None:
-    """A snapshot reuses the rows earlier snapshots made for finished orders (they never
-    change); at every snapshot of the run, each reused row equals one made afresh."""
-    assert all(changed == [] for _, changed in original.finished.values()), original.finished
-    assert sum(n for n, _ in original.finished.values()) > 10_000  # many rows were checked
-    ex = Exchange(original.cfg)
-    for cmd in original.commands[:4_000]:
-        ex.apply(cmd)
-    first, second = ex.snapshot()["done"], ex.snapshot()["done"]
-    assert len(first) > 100 and all(a is b for a, b in zip(first, second, strict=True))
 
 
 def test_snapshot_json_roundtrip_is_lossless(original: Original) -> None:
