@@ -35,7 +35,7 @@ import orjson
 from app.store import Store
 from engine.exchange import Exchange
 from engine.markets import ExchangeConfig
-from engine.snapshot import canonical_json, hash_snapshot
+from engine.snapshot import canonical_json, hash_snapshot, upgrade_snapshot
 
 log = logging.getLogger("exchange.recovery")
 
@@ -79,10 +79,9 @@ def decode_snapshot(
     try:
         text = zlib.decompress(data)
         snap = orjson.loads(text)
-        if "signatures" in snap:  # written when the engine kept signatures: hashed with them
+        if upgrade_snapshot(snap):  # written by an earlier version: hashed in its own shape
             if hashlib.sha256(text).hexdigest() != state_hash:
                 raise SnapshotInvalid("state hash mismatch")
-            del snap["signatures"]
             state_hash = hash_snapshot(snap)
         engine = Exchange.restore(config, snap)
     except SnapshotInvalid:

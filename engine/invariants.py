@@ -91,6 +91,11 @@ def check(ex: Exchange) -> list[str]:
         if waits.ids != {o.order_id for o in waiting if o.market == perp}:
             problems.append(f"{perp} trigger book waits for {sorted(waits.ids)}")
 
+    if list(ex.done) != list(ex.done_queue) or ex.finishing:
+        problems.append("the finished orders' queue differs from their rows")
+    if any(oid in ex.done for oid in ex.orders):
+        problems.append("a live order is among the finished ones")
+
     want_holds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for oid, o in ex.orders.items():
         owner = ex.accounts.get(o.account_id)

@@ -4,21 +4,29 @@ Rule owned here: `restore(snapshot(x))` behaves exactly like `x` for every futur
 command, and `state_hash` depends only on that behaviour-relevant state (lists
 are in a defined order; the expiry heap is rebuilt, not stored). Request signatures
 are not engine state: the journal keeps them with their commands and recovery reads
-them back from there (app/recovery.py); `restore` ignores the `signatures` list that
-snapshots written before that still hold.
+them back from there (app/recovery.py).
+
+A snapshot is taken on the event loop and encoded on another thread while the engine
+goes on, so it shares nothing mutable with the engine: live orders are copied into new
+rows; finished orders are immutable rows already (engine/book.py DONE_FIELDS) and are
+shared, which keeps the copy short with the thousands the engine remembers.
+
+Versions: 2 keeps finished orders as their OrderView fields. `upgrade_snapshot` brings
+a version 1 snapshot (finished orders with all of ORDER_FIELDS, and request signatures
+before they left the engine) to version 2.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from engine.accounts import FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, Account, ApiKey, MarginCase
-from engine.book import ORDER_FIELDS, Order
+from engine.book import DONE_FIELDS, ORDER_FIELDS, Order
 from engine.events import Transfer
 from engine.funding import MarketFunding
 from engine.positions import Position
@@ -96,9 +104,23 @@ def _transfer_in(r: list[Any]) -> Transfer:
     return Transfer(r[0], r[1], r[2], r[3], r[4], LedgerReason(r[5]), r[6], r[7], r[8], r[9])
 
 
+SNAPSHOT_VERSION = 2
+
+
+def upgrade_snapshot(snap: dict[str, Any]) -> bool:
+    """Bring a snapshot written by an earlier version to SNAPSHOT_VERSION, in place.
+    True if it was older: its state hash then differs from the one it was stored with."""
+    if snap.get("version") != 1:
+        return False
+    snap.pop("signatures", None)
+    snap["done"] = [row[:DONE_FIELDS] for row in snap["done"]]
+    snap["version"] = SNAPSHOT_VERSION
+    return True
+
+
 def take_snapshot(ex: Exchange) -> dict[str, Any]:
     return {
-        "version": 1,
+        "version": SNAPSHOT_VERSION,
         "last_seq": ex.last_seq,
         "last_ts": ex.last_ts,
         "next": [ex.next_account_id, ex.next_order_id, ex.next_trade_id, ex.next_transfer_id],
@@ -134,7 +156,7 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             }
             for sym, m in sorted(ex.markets.items())
         },
-        "done": [_order_out(o) for o in ex.done.values()],
+        "done": list(ex.done.values()),  # immutable: shared, not copied
         "untriggered": [
             _order_out(o)
             for _, o in sorted(ex.orders.items())
@@ -176,8 +198,8 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
 
 
 def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
-    if snap.get("version") != 1:
-        raise ValueError(f"unsupported snapshot version {snap.get('version')}")
+    if snap.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported snapshot version {snap.get('version')} (upgrade_snapshot)")
     ex.last_seq, ex.last_ts = snap["last_seq"], snap["last_ts"]
     ex.next_account_id, ex.next_order_id, ex.next_trade_id, ex.next_transfer_id = snap["next"]
     ex.accounts = {}
@@ -205,7 +227,8 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         assert o.trigger_price is not None
         ex.triggers[o.market].add(o.order_id, o.trigger_price, triggers_on_rise(o.type, o.side))
         ex.untriggered += 1
-    ex.done = OrderedDict((row[0], _order_in(row)) for row in snap["done"])
+    ex.done = {row[0]: tuple(row) for row in snap["done"]}
+    ex.done_queue = deque(ex.done)
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}
     for asset, price, ts, stale in snap.get("oracle", []):  # absent before the oracle existed

@@ -51,27 +51,56 @@ def test_data_orjson_refuses_still_hashes() -> None:
 
 
 def test_orders_are_written_field_by_field_in_order_fields_order() -> None:
-    """`_order_out` spells the fields out for speed; it must equal reading ORDER_FIELDS
-    one by one, for live, finished and untriggered orders of every kind."""
-    from engine.book import ORDER_FIELDS
+    """`_order_out` and `Order.final_row` spell the fields out for speed; they must equal
+    reading ORDER_FIELDS one by one, for live, finished and untriggered orders of every
+    kind. A finished order's row is taken when its command has ended: the same fields as
+    the Order then, and the same view."""
+    from engine.book import DONE_FIELDS, ORDER_FIELDS, done_view
+    from engine.events import OrderView
     from engine.snapshot import _order_out, order_fields
+    from tests.test_replay_determinism import SEED, build_workload, replay_config
+
+    assert ORDER_FIELDS[:DONE_FIELDS] == OrderView._fields
+    cfg = replay_config(rebate=True)
+    ex = Exchange(cfg)
+    seen = {}
+    for i, cmd in enumerate(build_workload(cfg, SEED, 3000)):
+        ex.apply(cmd)
+        assert ex.finishing == {}
+        seen.update(ex.orders)
+        if i % 200 == 0:  # live orders along the way (few are left at the end)
+            for o in ex.orders.values():
+                row = _order_out(o)
+                assert len(row) == len(ORDER_FIELDS) and row == order_fields(o)
+                assert o.final_row() == tuple(row[:DONE_FIELDS])
+    finished = [o for oid, o in seen.items() if oid in ex.done]
+    assert len(finished) > 300 and len(ex.done) > 600
+    assert any(o.trigger_price is not None for o in finished)
+    assert any(o.cancel_reason is not None for o in finished)
+    for o in finished:
+        assert ex.done[o.order_id] == tuple(order_fields(o)[:DONE_FIELDS]) == o.final_row()
+        assert ex.order(o.order_id) == done_view(ex.done[o.order_id]) == o.view()
+
+
+def test_a_snapshot_shares_finished_orders_and_nothing_the_engine_changes() -> None:
+    """A snapshot is encoded on another thread while the engine goes on: what it shares
+    with the engine (the finished orders' rows) is immutable, so commands applied after
+    it was taken do not change what it encodes to."""
     from tests.test_replay_determinism import SEED, build_workload, replay_config
 
     cfg = replay_config(rebate=True)
     ex = Exchange(cfg)
-    orders = []
-    for i, cmd in enumerate(build_workload(cfg, SEED, 3000)):
+    commands = build_workload(cfg, SEED, 3000)
+    for cmd in commands[:2000]:
         ex.apply(cmd)
-        if i % 200 == 0:  # live orders along the way (few are left at the end)
-            orders += [*ex.orders.values()]
-    live = len(orders)
-    orders += [*ex.done.values()]
-    assert live > 50 and len(orders) > 500
-    assert any(o.trigger_price is not None for o in orders)
-    assert any(o.cancel_reason is not None for o in orders)
-    for o in orders:
-        row = _order_out(o)
-        assert len(row) == len(ORDER_FIELDS) and row == order_fields(o)
+    snap = ex.snapshot()
+    text = canonical(snap)
+    assert len(snap["done"]) == len(ex.done) > 500
+    assert all(row is ex.done[row[0]] for row in snap["done"])
+    for cmd in commands[2000:]:
+        ex.apply(cmd)
+    assert canonical(snap) == text != ex.state_hash()
+    assert Exchange.restore(cfg, snap).check_invariants() == []
 
 
 def test_request_signatures_are_not_engine_state() -> None:
@@ -95,22 +124,38 @@ def test_request_signatures_are_not_engine_state() -> None:
     assert signed.state_hash() == plain.state_hash()
 
 
-def test_a_snapshot_written_when_the_engine_kept_signatures_still_loads() -> None:
-    """Snapshots taken before signatures left the engine hold a `signatures` list and a
-    hash taken with it: such a snapshot loads when its text matches that hash (checked
-    before the list is dropped), into the same engine as one without the list, and is
-    refused when it does not match."""
-    from app.recovery import SnapshotInvalid, decode_snapshot, encode_snapshot
+def version_1(snap: dict[str, Any], signatures: list[list[Any]]) -> dict[str, Any]:
+    """`snap` as version 1 wrote it: finished orders with every field of ORDER_FIELDS
+    (the last five, which only a live order uses, made up here) and, before signatures
+    left the engine, its list of request signatures."""
+    old = {**snap, "version": 1, "done": [[*row, 0, 7, 3, 0, 0] for row in snap["done"]]}
+    return {**old, "signatures": signatures} if signatures else old
 
-    ex = engine_with("alice")
-    old = {**ex.snapshot(), "signatures": [["ab" * 32, ex.last_ts + 60_000]]}
+
+@pytest.mark.parametrize("signatures", [[], [["ab" * 32, 60_000]]])
+def test_a_version_1_snapshot_still_loads(signatures: list[list[Any]]) -> None:
+    """Version 1 snapshots (finished orders with all their fields; before that, also a
+    `signatures` list) were hashed in that shape: such a snapshot loads when its text
+    matches that hash (checked before it is upgraded), into the same engine as the
+    version 2 snapshot of the same state, and is refused when it does not match."""
+    from app.recovery import SnapshotInvalid, decode_snapshot, encode_snapshot
+    from tests.test_replay_determinism import SEED, build_workload, replay_config
+
+    cfg = replay_config(rebate=True)
+    ex = Exchange(cfg)
+    for cmd in build_workload(cfg, SEED, 1000):
+        ex.apply(cmd)
+    assert len(ex.done) > 100
+    old = version_1(ex.snapshot(), signatures)
     data, checksum, old_hash = encode_snapshot(old)
     assert old_hash == canonical(old) != ex.state_hash()
-    restored = decode_snapshot(default_config(), data, checksum, old_hash)
+    restored = decode_snapshot(cfg, data, checksum, old_hash)
     assert restored.state_hash() == ex.state_hash()
     assert restored.snapshot() == ex.snapshot()
     with pytest.raises(SnapshotInvalid, match="state hash mismatch"):
-        decode_snapshot(default_config(), data, checksum, ex.state_hash())
+        decode_snapshot(cfg, data, checksum, ex.state_hash())
+    with pytest.raises(ValueError, match="unsupported snapshot version 1"):
+        Exchange.restore(cfg, old)
 
 
 def test_a_stored_snapshot_is_the_text_its_hash_is_taken_of() -> None:

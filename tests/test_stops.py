@@ -175,7 +175,7 @@ def test_waiting_orders_survive_a_snapshot() -> None:
     assert run(ex, index(49_000)) == run(back, index(49_000))
     assert ex.accounts[BOB].positions[PERP].size == 0 and back.state_hash() == ex.state_hash()
     assert ex.accounts[BOB].live == {}  # the stop sold the position, so the TP went
-    bob_done = [o for o in ex.done.values() if o.account_id == BOB]
+    bob_done = [o for oid in ex.done if (o := ex.order(oid)) and o.account_id == BOB]
     assert [(o.type, o.status, o.cancel_reason) for o in bob_done[-2:]] == [
         (OrderType.STOP_MARKET, OrderStatus.FILLED, None),
         (OrderType.LIMIT, OrderStatus.CANCELLED, "reduce_only"),
