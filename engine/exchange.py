@@ -1293,7 +1293,13 @@ class Exchange:
         self._track(o, self.markets[o.market].spec, acct)
 
     def _remember_done(self, o: Order) -> None:
-        self.finishing[o.order_id] = o
+        """`o` has finished: it joins the window now (the oldest finished order leaves it
+        now, so a later lookup in the same command no longer finds that one), its row
+        when the command ends (`_retire_finished`)."""
+        finishing, queue = self.finishing, self.done_queue
+        finishing[o.order_id] = o
+        while queue and len(queue) + len(finishing) > RECENT_DONE_ORDERS:
+            del self.done[queue.popleft()]
 
     def _retire_finished(self) -> None:
         """At the end of a command: the orders it finished, in their final state, into the
@@ -1304,7 +1310,7 @@ class Exchange:
                 queue.append(oid)
             done[oid] = o.final_row()
         self.finishing.clear()
-        while len(queue) > RECENT_DONE_ORDERS:
+        while len(queue) > RECENT_DONE_ORDERS:  # (more than the window finished at once)
             del done[queue.popleft()]
 
     def _finish(self, o: Order, status: OrderStatus, reason: CancelReason | None) -> None:

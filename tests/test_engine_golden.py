@@ -758,6 +758,27 @@ def test_finished_orders_are_remembered_for_a_window() -> None:
         Reject.ORDER_NOT_FOUND)
 
 
+def test_an_order_finishing_pushes_the_oldest_out_of_the_window_at_once() -> None:
+    """The window moves as orders finish, not when their command ends: a GTT order that
+    expires at the start of a command pushes the oldest finished order out before the
+    command's cancel looks that one up (ORDER_NOT_FOUND, as for any evicted order)."""
+    d = Desk()
+    buyer = d.account(USDC=usdc("1000"))
+    first = d.rest(buyer, BUY, btc("0.0001"), px("29000"))
+    gtt = d.rest(buyer, BUY, btc("0.0001"), px("28000"), tif=TimeInForce.GTT,
+                 expire_ts=d.ts + 1_000_000)
+    assert rejection(d.do(CancelOrder, account_id=buyer, order_id=first)) is None
+    for _ in range(9_999):  # the window is full, `first` its oldest
+        d.place(buyer, BUY, btc("0.0001"), px("29000"), tif=TimeInForce.IOC)
+    assert len(d.ex.done) == 10_000 and next(iter(d.ex.done)) == first
+    events = d.do(CancelOrder, advance=1_000_000, account_id=buyer, order_id=first)
+    assert rejection(events) is Reject.ORDER_NOT_FOUND
+    expired = d.ex.order(gtt)
+    assert expired is not None and expired.status is OrderStatus.EXPIRED
+    assert len(d.ex.done) == 10_000 and d.ex.order(first) is None
+    assert d.ex.check_invariants() == []
+
+
 # ---------------------------------------------------------------------------- money
 
 
