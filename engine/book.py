@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Final
 
 from engine.events import OrderView
 from engine.types import OrderStatus, OrderType, Side, StpMode, TimeInForce
@@ -48,13 +48,9 @@ ORDER_FIELDS: Final = (
     "rebate_basis",
     "rebates_got",
 )
-# What is kept of a finished order: the fields of its last OrderView, enums by value, in
-# one immutable tuple (`Order.final_row`; `done_view` turns it back into the view).
-# Commands read only its account and status (ORDER_NOT_LIVE). Immutable, the rows are
-# shared with snapshots rather than copied; holding only atoms, the garbage collector
-# stops tracking them.
+# A finished order is kept as the fields of the OrderView its last update carried, in a
+# plain tuple; a snapshot writes it as these first fields of ORDER_FIELDS.
 DONE_FIELDS: Final = 19  # ORDER_FIELDS[:DONE_FIELDS] == OrderView._fields
-DoneRow = tuple[Any, ...]
 
 # Derived, not stored: the book links and what the order adds to its account's margin
 # aggregate (engine/exchange.py `_track`), rebuilt on restore.
@@ -140,25 +136,6 @@ class Order:
             self.updated_ts,
             self.cancel_reason,
         ))  # fmt: skip
-
-    def final_row(self) -> DoneRow:
-        """The order once it has finished, as kept in `Exchange.done` (see DONE_FIELDS)."""
-        return (
-            self.order_id, self.account_id, self.client_order_id, self.market,
-            self.side.value, self.type.value, self.tif.value, self.price, self.trigger_price,
-            self.size, self.filled, self.filled_notional, self.status.value, self.reduce_only,
-            self.stp.value, self.expire_ts, self.created_ts, self.updated_ts,
-            self.cancel_reason,
-        )  # fmt: skip
-
-
-def done_view(r: DoneRow) -> OrderView:
-    """The OrderView of a finished order's row (`Order.final_row`)."""
-    return OrderView(
-        r[0], r[1], r[2], r[3], Side(r[4]), OrderType(r[5]), TimeInForce(r[6]), r[7], r[8],
-        r[9], r[10], r[11], OrderStatus(r[12]), r[13], StpMode(r[14]), r[15], r[16], r[17],
-        r[18],
-    )  # fmt: skip
 
 
 class Level:

@@ -29,7 +29,7 @@ from engine.accounts import (
     Account,
     ApiKey,
 )
-from engine.book import Book, DoneRow, Order, done_view
+from engine.book import Book, Order
 from engine.events import (
     AccountCreated,
     AccountSettingsChanged,
@@ -106,6 +106,9 @@ MAX_BALANCE = 10**18  # largest balance a deposit may create
 MAX_TS = 2**62
 DEAD_MAN_MAX_MS = 86_400_000  # the longest dead-man timeout: a day
 RECENT_DONE_ORDERS = 10_000  # finished orders remembered for ORDER_NOT_LIVE answers
+# `tuple` called as a plain Python callable: compiled, `tuple(view)` of a NamedTuple-typed
+# value unboxes and reboxes every field (10x slower than this C-level copy of references)
+_plain_tuple: Callable[[OrderView], tuple[Any, ...]] = tuple
 _VALID_PERMISSIONS = frozenset(p.value for p in Permission) - {"admin", "oracle"}
 
 
@@ -139,15 +142,13 @@ class Exchange:
         }
         self.api_keys: dict[str, ApiKey] = {}
         self.orders: dict[int, Order] = {}  # live orders
-        # recently finished, oldest first, as immutable rows (engine/book.py DONE_FIELDS);
-        # the queue holds their ids in the same order, so the oldest leaves in O(1) (a
-        # dict's first key is found by skipping what was deleted before it; an
-        # OrderedDict churned like this is 25x slower to list). An order finishing
-        # during a command waits in `finishing` until the command ends, since its last
-        # update (hold, timestamps) comes after it leaves the live indexes.
-        self.done: dict[int, DoneRow] = {}
+        # recently finished, oldest first: the fields of the view each one's last update
+        # carried, as a plain tuple (immutable and plain data, so snapshots share it; its
+        # enums are strs); the queue holds their ids in the same order, so the oldest
+        # leaves in O(1) (a dict's first key is found by skipping what was deleted before
+        # it; an OrderedDict churned like this is 25x slower to list)
+        self.done: dict[int, tuple[Any, ...]] = {}
         self.done_queue: deque[int] = deque()
-        self.finishing: dict[int, Order] = {}
         self.deposits: dict[str, Transfer] = {}
         self.withdrawals: dict[str, Transfer] = {}
         self.expiries: list[tuple[int, int]] = []  # heap of (expire_ts, order_id)
@@ -277,8 +278,6 @@ class Exchange:
                 else:
                     book.dirty_bids.clear()
                     book.dirty_asks.clear()
-        if self.finishing:
-            self._retire_finished()
         self._events = []
         return events
 
@@ -1102,11 +1101,12 @@ class Exchange:
             else:
                 o.status = OrderStatus.CANCELLED
                 o.cancel_reason = CancelReason.IOC_REMAINDER.value
-        if o.status not in LIVE_STATUSES:
-            self._remember_done(o)
         o.updated_ts = self._ts
         self._refresh_hold(o, market.spec, acct)
-        self._events.append(order_update(o.view()))
+        view = o.view()
+        self._events.append(order_update(view))
+        if o.status not in LIVE_STATUSES:
+            self._remember_done(view)
 
     def _index_live(self, o: Order, acct: Account) -> None:
         """A live order (resting or waiting for its trigger) into the live indexes."""
@@ -1232,11 +1232,14 @@ class Exchange:
         if m.remaining == 0:
             market.book.remove(m)
             m.status = OrderStatus.FILLED
-            self._drop_live(m, m_acct)
+            self._unindex(m, m_acct)
         else:
             m.status = OrderStatus.PARTIALLY_FILLED
         self._refresh_hold(m, spec, m_acct)
-        self._events.append(order_update(m.view()))
+        view = m.view()
+        self._events.append(order_update(view))
+        if m.status is OrderStatus.FILLED:
+            self._remember_done(view)
 
     def _perp_fill(self, acct: Account, spec: MarketSpec, qty: int, price: int, ref: str) -> None:
         """Move `acct`'s position by `qty` at `price`; realized PnL goes through clearing."""
@@ -1277,11 +1280,6 @@ class Exchange:
             if o.hold > 0 and (spec.quote if o.side is Side.BUY else spec.base) == asset:
                 self._cancel_resting(o, CancelReason.MARGIN, OrderStatus.CANCELLED)
 
-    def _drop_live(self, o: Order, acct: Account) -> None:
-        """The order has finished: out of the live indexes, into the finished window."""
-        self._unindex(o, acct)
-        self._remember_done(o)
-
     def _unindex(self, o: Order, acct: Account) -> None:
         self.orders.pop(o.order_id, None)
         if acct.live.pop(o.order_id, None) is not None and o.market in self._perp_markets:
@@ -1292,25 +1290,14 @@ class Exchange:
             del acct.client_ids[o.client_order_id]
         self._track(o, self.markets[o.market].spec, acct)
 
-    def _remember_done(self, o: Order) -> None:
-        """`o` has finished: it joins the window now (the oldest finished order leaves it
-        now, so a later lookup in the same command no longer finds that one), its row
-        when the command ends (`_retire_finished`)."""
-        finishing, queue = self.finishing, self.done_queue
-        finishing[o.order_id] = o
-        while queue and len(queue) + len(finishing) > RECENT_DONE_ORDERS:
-            del self.done[queue.popleft()]
-
-    def _retire_finished(self) -> None:
-        """At the end of a command: the orders it finished, in their final state, into the
-        window of recently finished orders."""
-        done, queue = self.done, self.done_queue
-        for oid, o in self.finishing.items():
-            if oid not in done:
-                queue.append(oid)
-            done[oid] = o.final_row()
-        self.finishing.clear()
-        while len(queue) > RECENT_DONE_ORDERS:  # (more than the window finished at once)
+    def _remember_done(self, view: OrderView) -> None:
+        """An order has finished, and `view` is what its last update carried: it joins the
+        window of recently finished orders, and the oldest one leaves it."""
+        done, queue, oid = self.done, self.done_queue, view.order_id
+        if oid not in done:
+            queue.append(oid)
+        done[oid] = _plain_tuple(view)
+        if len(queue) > RECENT_DONE_ORDERS:
             del done[queue.popleft()]
 
     def _finish(self, o: Order, status: OrderStatus, reason: CancelReason | None) -> None:
@@ -1328,9 +1315,11 @@ class Exchange:
             self.triggers[o.market].forget(o.order_id)
         self._finish(o, status, reason)
         o.updated_ts = self._ts
-        self._drop_live(o, acct)
+        self._unindex(o, acct)
         self._refresh_hold(o, market.spec, acct)
-        self._events.append(order_update(o.view()))
+        view = o.view()
+        self._events.append(order_update(view))
+        self._remember_done(view)
 
     # ------------------------------------------------------- cancel and amend
     def _find_own(
@@ -1561,8 +1550,9 @@ class Exchange:
                 reason = CancelReason.MARGIN
         if reason is not None:
             self._finish(o, OrderStatus.CANCELLED, reason)
-            self._remember_done(o)
-            self._events.append(order_update(o.view()))
+            view = o.view()
+            self._events.append(order_update(view))
+            self._remember_done(view)
             return
         self._match_and_rest(o, market, acct)
 
@@ -1813,11 +1803,8 @@ class Exchange:
 
     def finished(self, order_id: int) -> OrderView | None:
         """A recently finished order, if it is one."""
-        o = self.finishing.get(order_id)
-        if o is not None:
-            return o.view()
         row = self.done.get(order_id)
-        return done_view(row) if row is not None else None
+        return tuple.__new__(OrderView, row) if row is not None else None
 
     def account_state(self, account_id: int) -> dict[str, Any] | None:
         """Balances, holds and settings of a user account, as integers (None if unknown)."""

@@ -8,8 +8,8 @@ them back from there (app/recovery.py).
 
 A snapshot is taken on the event loop and encoded on another thread while the engine
 goes on, so it shares nothing mutable with the engine: live orders are copied into new
-rows; finished orders are immutable rows already (engine/book.py DONE_FIELDS) and are
-shared, which keeps the copy short with the thousands the engine remembers.
+rows; finished orders are kept as immutable plain tuples of their last view's fields
+and are shared, which keeps the copy short with the thousands the engine remembers.
 
 Versions: 2 keeps finished orders as their OrderView fields. `upgrade_snapshot` brings
 a version 1 snapshot (finished orders with all of ORDER_FIELDS, and request signatures
@@ -57,13 +57,15 @@ _ENUMS = {
 
 def _order_out(o: Order) -> list[Any]:
     """The fields of ORDER_FIELDS in its order, enums by value (spelled out: compiled,
-    this is 3x faster than a getattr loop; tests/test_snapshot_hash.py checks the two
+    this is 3x faster than a getattr loop; `_value_` rather than the `.value` property,
+    which runs Python even from compiled code; tests/test_snapshot_hash.py checks the two
     agree)."""
     return [
-        o.order_id, o.account_id, o.client_order_id, o.market, o.side.value, o.type.value,
-        o.tif.value, o.price, o.trigger_price, o.size, o.filled, o.filled_notional,
-        o.status.value, o.reduce_only, o.stp.value, o.expire_ts, o.created_ts, o.updated_ts,
-        o.cancel_reason, o.hold, o.fee_basis, o.fees_paid, o.rebate_basis, o.rebates_got,
+        o.order_id, o.account_id, o.client_order_id, o.market, o.side._value_,
+        o.type._value_, o.tif._value_, o.price, o.trigger_price, o.size, o.filled,
+        o.filled_notional, o.status._value_, o.reduce_only, o.stp._value_, o.expire_ts,
+        o.created_ts, o.updated_ts, o.cancel_reason, o.hold, o.fee_basis, o.fees_paid,
+        o.rebate_basis, o.rebates_got,
     ]  # fmt: skip
 
 
@@ -83,6 +85,15 @@ def _order_in(row: list[Any]) -> Order:
     o.prev = o.next = o.level = None
     o.contrib = None
     return o
+
+
+def _done_in(r: list[Any]) -> tuple[Any, ...]:
+    """A finished order's snapshot row as the engine keeps it (enum members again)."""
+    return (
+        r[0], r[1], r[2], r[3], Side(r[4]), OrderType(r[5]), TimeInForce(r[6]), r[7], r[8],
+        r[9], r[10], r[11], OrderStatus(r[12]), r[13], StpMode(r[14]), r[15], r[16], r[17],
+        r[18],
+    )  # fmt: skip
 
 
 def _transfer_out(t: Transfer) -> list[Any]:
@@ -156,7 +167,7 @@ def take_snapshot(ex: Exchange) -> dict[str, Any]:
             }
             for sym, m in sorted(ex.markets.items())
         },
-        "done": list(ex.done.values()),  # immutable: shared, not copied
+        "done": list(ex.done.values()),  # immutable plain tuples: shared, not copied
         "untriggered": [
             _order_out(o)
             for _, o in sorted(ex.orders.items())
@@ -227,7 +238,7 @@ def restore_snapshot(ex: Exchange, snap: dict[str, Any]) -> Exchange:
         assert o.trigger_price is not None
         ex.triggers[o.market].add(o.order_id, o.trigger_price, triggers_on_rise(o.type, o.side))
         ex.untriggered += 1
-    ex.done = {row[0]: tuple(row) for row in snap["done"]}
+    ex.done = {row[0]: _done_in(row) for row in snap["done"]}
     ex.done_queue = deque(ex.done)
     ex.deposits = {k: _transfer_in(t) for k, t in snap["deposits"]}
     ex.withdrawals = {k: _transfer_in(t) for k, t in snap["withdrawals"]}
