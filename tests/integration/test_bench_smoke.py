@@ -71,3 +71,14 @@ def test_websocket_benchmark_drops_slow_consumers_without_stalling_the_rest() ->
     assert float(entry[-1]) > 0 and float(fanout[-1]) > 0
     assert slow[1] == "3/3: hub: queue full (4008) x3"  # our hub dropped all three
     assert slow[3] == "0"  # and no healthy subscriber was closed
+
+
+def test_snapshot_benchmark() -> None:
+    out = run_bench("loadtests/bench_snapshot.py", "--warm", "3000", "--every", "500",
+                    "--snapshots", "2")
+    kept = next(line for line in out.splitlines() if "finished kept" in line)
+    assert "3,000 commands, then a snapshot every 500 x 2" in kept
+    rows = {r[0]: r for r in table_rows(out, "")}
+    for name in ("copy (on the loop)", "encode (worker thread)", "full gc.collect()"):
+        median, slowest = float(rows[name][1]), float(rows[name][2])
+        assert 0 < median <= slowest
