@@ -1103,10 +1103,7 @@ class Exchange:
                 o.cancel_reason = CancelReason.IOC_REMAINDER.value
         o.updated_ts = self._ts
         self._refresh_hold(o, market.spec, acct)
-        view = o.view()
-        self._events.append(order_update(view))
-        if o.status not in LIVE_STATUSES:
-            self._remember_done(view)
+        self._emit_update(o, o.status not in LIVE_STATUSES)
 
     def _index_live(self, o: Order, acct: Account) -> None:
         """A live order (resting or waiting for its trigger) into the live indexes."""
@@ -1236,10 +1233,7 @@ class Exchange:
         else:
             m.status = OrderStatus.PARTIALLY_FILLED
         self._refresh_hold(m, spec, m_acct)
-        view = m.view()
-        self._events.append(order_update(view))
-        if m.status is OrderStatus.FILLED:
-            self._remember_done(view)
+        self._emit_update(m, m.status is OrderStatus.FILLED)
 
     def _perp_fill(self, acct: Account, spec: MarketSpec, qty: int, price: int, ref: str) -> None:
         """Move `acct`'s position by `qty` at `price`; realized PnL goes through clearing."""
@@ -1290,9 +1284,16 @@ class Exchange:
             del acct.client_ids[o.client_order_id]
         self._track(o, self.markets[o.market].spec, acct)
 
+    def _emit_update(self, o: Order, finished: bool) -> None:
+        """`o`'s order update; if it has `finished`, this is its last one, and the view it
+        carries joins the window of recently finished orders."""
+        view = o.view()
+        self._events.append(order_update(view))
+        if finished:
+            self._remember_done(view)
+
     def _remember_done(self, view: OrderView) -> None:
-        """An order has finished, and `view` is what its last update carried: it joins the
-        window of recently finished orders, and the oldest one leaves it."""
+        """The oldest finished order leaves the window as this one joins it."""
         done, queue, oid = self.done, self.done_queue, view.order_id
         if oid not in done:
             queue.append(oid)
@@ -1317,9 +1318,7 @@ class Exchange:
         o.updated_ts = self._ts
         self._unindex(o, acct)
         self._refresh_hold(o, market.spec, acct)
-        view = o.view()
-        self._events.append(order_update(view))
-        self._remember_done(view)
+        self._emit_update(o, True)
 
     # ------------------------------------------------------- cancel and amend
     def _find_own(
@@ -1550,9 +1549,7 @@ class Exchange:
                 reason = CancelReason.MARGIN
         if reason is not None:
             self._finish(o, OrderStatus.CANCELLED, reason)
-            view = o.view()
-            self._events.append(order_update(view))
-            self._remember_done(view)
+            self._emit_update(o, True)
             return
         self._match_and_rest(o, market, acct)
 

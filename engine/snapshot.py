@@ -87,13 +87,12 @@ def _order_in(row: list[Any]) -> Order:
     return o
 
 
-def _done_in(r: list[Any]) -> tuple[Any, ...]:
+def _done_in(row: list[Any]) -> tuple[Any, ...]:
     """A finished order's snapshot row as the engine keeps it (enum members again)."""
-    return (
-        r[0], r[1], r[2], r[3], Side(r[4]), OrderType(r[5]), TimeInForce(r[6]), r[7], r[8],
-        r[9], r[10], r[11], OrderStatus(r[12]), r[13], StpMode(r[14]), r[15], r[16], r[17],
-        r[18],
-    )  # fmt: skip
+    return tuple(
+        _ENUMS[f](v) if f in _ENUMS else v
+        for f, v in zip(ORDER_FIELDS[:DONE_FIELDS], row, strict=True)
+    )
 
 
 def _transfer_out(t: Transfer) -> list[Any]:
