@@ -82,3 +82,46 @@ def test_snapshot_benchmark() -> None:
     for name in ("copy (on the loop)", "encode (worker thread)", "full gc.collect()"):
         median, slowest = float(rows[name][1]), float(rows[name][2])
         assert 0 < median <= slowest
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                            marks=pytest.mark.postgres)])
+def test_recovery_benchmark(backend: str) -> None:
+    if backend == "postgres" and dbutil.postgres_base_url() is None:
+        pytest.skip(f"{dbutil.ENV_VAR} is not set")
+    out = run_bench("loadtests/bench_recovery.py", "--commands", "3000", "--runs", "1",
+                    "--backends", backend)
+    name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
+    full, from_snapshot, read_back = (r for r in table_rows(out, name))
+    assert int(full[2].replace(",", "")) > 0  # full replay, commands/s
+    assert float(from_snapshot[1].split()[0]) > 0  # recovery from the snapshot, s
+    assert int(read_back[2].replace(",", "")) > 0  # signatures read back per second
+    assert "Every recovered engine reached the builder's state hash." in out
+
+
+def test_risk_benchmark() -> None:
+    out = run_bench("loadtests/bench_risk.py", "--ops", "3000", "--runs", "1",
+                    "--accounts", "200", "--crossing", "200")
+    on, off = table_rows(out, "BTC-PERP, margin checks")
+    assert off[-1] == "1.00" and 0 < float(on[-1]) < 1  # the check costs something
+    numbered = [r for r in table_rows(out, "") if r[0].replace(",", "").isdigit()]
+    assert [r[0] for r in numbered if len(r) == 4] == ["200"]  # accounts with a position
+    crossing = [r for r in numbered if len(r) == 5]  # oracle updates crossing k triggers
+    assert [r[0] for r in crossing] == ["0", "1", "10", "100", "1,000"]
+    assert all(r[2] == r[0].replace(",", "") for r in crossing)  # k accounts re-indexed
+
+
+def test_sqlite_schema_benchmark() -> None:
+    out = run_bench("loadtests/bench_sqlite_schema.py", "--commands", "2000", "--runs", "1")
+    rows = {r[0]: r for r in table_rows(out, "0003") + table_rows(out, "head")}
+    assert set(rows) == {"0003", "head"}
+    for row in rows.values():
+        assert int(row[3].replace(",", "")) > 0  # bytes written per command
+
+
+def test_crash_simulation() -> None:
+    out = run_bench("loadtests/crash_sim.py", "--accounts", "50", "--updates", "10")
+    header = table_rows(out, "")[0]
+    assert header[1:] == ["unified", "isolated"]
+    checks = table_rows(out, "invariant checks (all empty)")[0]
+    assert int(checks[1]) > 0 and int(checks[2]) > 0  # it exits non-zero if any failed
