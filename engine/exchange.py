@@ -2155,6 +2155,28 @@ class Exchange:
             return []
         return [acct.live[oid].view() for oid in sorted(acct.live)]
 
+    def live_orders(
+        self, account_id: int, market: str | None = None, below: int | None = None,
+        limit: int | None = None,
+    ) -> list[OrderView]:
+        """A page of the account's live orders (resting or waiting for a trigger), newest
+        first: only `market`'s if given, only ids below `below` if given, at most `limit`."""
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            return []
+        live = acct.live
+        out: list[OrderView] = []
+        for oid in sorted(live, reverse=True):
+            if below is not None and oid >= below:
+                continue
+            o = live[oid]
+            if market is not None and o.market != market:
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(o.view())
+        return out
+
     # ------------------------------------------------ snapshot and invariants
     def snapshot(self) -> dict[str, Any]:
         from engine.snapshot import take_snapshot

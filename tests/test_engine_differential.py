@@ -554,6 +554,18 @@ class Pair:
             want = [o.order_id for o in self.ref.live_orders(acct)]
             if got != want:
                 self.fail(cmd, f"open_orders({acct}): engine {got}, reference {want}")
+            # the API's pages of them (GET /v1/orders?status=open): newest first, filtered
+            newest = list(reversed(self.ref.live_orders(acct)))
+            below = newest[len(newest) // 2].order_id if newest else None
+            for market, before, limit in ((None, None, None), (None, below, 3),
+                                          ("BTC-USDC", None, 2), ("ETH-USDC", below, None)):
+                page = [v.order_id for v in self.engine.live_orders(acct, market, before, limit)]
+                expect = [o.order_id for o in newest
+                          if (market is None or o.market == market)
+                          and (before is None or o.order_id < before)][:limit]
+                if page != expect:
+                    self.fail(cmd, f"live_orders({acct}, {market}, {before}, {limit}): "
+                                   f"engine {page}, reference {expect}")
 
 
 # ---------------------------------------------------------------------------- stateful test

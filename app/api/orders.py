@@ -7,6 +7,7 @@ events only after they are committed.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -18,6 +19,7 @@ from app.api.deps import (
     page,
     parse_cursor,
     parse_id,
+    query,
     runtime,
     signed,
     submit,
@@ -36,6 +38,7 @@ from app.store import queries
 from app.views import fill_from_trade, fill_row_wire, order_wire
 from engine import commands as c
 from engine.events import BatchItem, Event, OrderUpdate, Rejected, TradeEvent
+from engine.exchange import Exchange
 from engine.types import OrderType, Side, StpMode, TimeInForce
 
 router = APIRouter(prefix="/v1", tags=["orders"])
@@ -170,13 +173,15 @@ async def list_orders(
     rt = runtime(request)
     if market is not None:
         market_spec(rt, market)
+    below = parse_cursor(cursor)
+    if status == "open":  # live orders are the engine's: no index of them on disk
+        views = await query(rt, partial(
+            Exchange.live_orders, account_id=who.account_id, market=market, below=below,
+            limit=limit + 1))
+        nxt = views[limit - 1].order_id if len(views) > limit else None
+        return page("orders", [order_wire(rt.config, v) for v in views[:limit]], nxt)
     rows, nxt = await queries.list_orders(
-        rt.db,
-        who.account_id,
-        market=market,
-        open_only=status == "open",
-        limit=limit,
-        cursor=parse_cursor(cursor),
+        rt.db, who.account_id, market=market, limit=limit, cursor=below
     )
     return page("orders", [order_wire(rt.config, r) for r in rows], nxt)
 

@@ -18,7 +18,6 @@ from app.store import tables as t
 from app.store.store import Store
 
 MAX_LIMIT = 1000
-LIVE_STATUSES = ("open", "partially_filled", "untriggered")
 
 Row = dict[str, Any]
 Page = tuple[list[Row], Any]
@@ -52,16 +51,15 @@ async def list_orders(
     store: Store | AsyncEngine,
     account_id: int,
     market: str | None = None,
-    open_only: bool = False,
     limit: int = 100,
     cursor: int | None = None,
 ) -> Page:
+    """The account's orders of every status (its live ones alone come from the engine,
+    `Exchange.live_orders`: no index on disk holds them)."""
     o = t.orders
     q = select(o).where(o.c.account_id == account_id)
     if market is not None:
         q = q.where(o.c.market == market)
-    if open_only:
-        q = q.where(o.c.status.in_(LIVE_STATUSES))
     if cursor is not None:
         q = q.where(o.c.order_id < cursor)
     return await _page(store, q.order_by(o.c.order_id.desc()), "order_id", limit)

@@ -98,7 +98,6 @@ orders = Table(
     _big("created_ts"),
     _big("updated_ts"),
     _str("cancel_reason", True),
-    Index("ix_orders_account_status", "account_id", "status"),
     Index("ix_orders_account_market_order", "account_id", "market", "order_id"),
     Index("ix_orders_account_client_id", "account_id", "client_order_id"),
 )

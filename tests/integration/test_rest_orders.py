@@ -435,6 +435,49 @@ async def test_cancel_all_per_market_and_everything(traders: MakeTrader) -> None
     await rejects(a.client.cancel_all("DOGE-USDC"), 404, "UNKNOWN_MARKET")
 
 
+async def test_open_orders_come_from_the_engine_newest_first_in_pages(
+    traders: MakeTrader,
+) -> None:
+    """`status=open` reads the engine's live orders (no index on disk holds them): the same
+    order fields as the stored rows, newest first, keyset pages, the market filter."""
+    a = await traders()
+    b = await traders()
+    bids = [(await a.client.place_order(market=BTC, side="buy", price=px, size="0.01")
+             )["order"]["order_id"] for px in ("40000", "40100", "40200")]
+    eth = (await a.client.place_order(market=ETH, side="buy", price="2000", size="0.1")
+           )["order"]["order_id"]
+    gone = (await a.client.place_order(market=BTC, side="buy", price="39000", size="0.01")
+            )["order"]["order_id"]
+    await a.client.cancel_order(gone)
+    part = (await a.client.place_order(market=BTC, side="sell", price="60000", size="0.02")
+            )["order"]["order_id"]
+    await b.client.place_order(market=BTC, side="buy", price="60000", size="0.01",
+                               time_in_force="ioc")
+
+    pages: list[tuple[list[str], str | None]] = []
+    cursor: str | None = None
+    while True:
+        got = await a.client.get_orders(status="open", limit=2, cursor=cursor)
+        pages.append(([o["order_id"] for o in got["orders"]], got["next_cursor"]))
+        for o in got["orders"]:  # the engine's view renders exactly as the stored row
+            assert o == (await a.client.get_order(o["order_id"]))["order"]
+        cursor = got["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [([part, eth], eth), ([bids[2], bids[1]], bids[1]), ([bids[0]], None)]
+    partly = (await a.client.get_order(part))["order"]
+    assert (partly["status"], partly["filled"], partly["remaining"]) == (
+        "partially_filled", "0.01", "0.01")
+    assert await a.client.get_orders(market=ETH, status="open", limit=1) == {
+        "orders": [(await a.client.get_order(eth))["order"]], "next_cursor": None}
+    everything = (await a.client.get_orders(limit=10))["orders"]  # every status: from disk
+    assert [(o["order_id"], o["status"]) for o in everything] == [
+        (part, "partially_filled"), (gone, "cancelled"), (eth, "open"), (bids[2], "open"),
+        (bids[1], "open"), (bids[0], "open")]
+    await a.client.cancel_all()
+    assert await a.client.get_orders(status="open") == {"orders": [], "next_cursor": None}
+
+
 # --------------------------------------------------------------------------- batches
 
 async def test_batch_with_mixed_items(traders: MakeTrader) -> None:
