@@ -4,8 +4,8 @@ It served one read, the account's open orders, and cost a B-tree leaf per tradin
 account in every group commit: each new order added an entry and each status change
 moved it. Live orders are the engine's own state, so `GET /v1/orders?status=open` now
 reads them from the engine (`Exchange.live_orders`), and nothing reads this index.
-(Measured: without it SQLite spends 16% less CPU per commit on the WebSocket entry
-benchmark's batches; BENCHMARKS.md, 2026-12-07.)
+(Measured: replaying real group commits, SQLite spends 5-15% less CPU per commit
+without it; BENCHMARKS.md, 2026-12-07.)
 
 Revision ID: 0005
 Revises: 0004
