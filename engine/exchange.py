@@ -2151,10 +2151,8 @@ class Exchange:
         return out
 
     def open_orders(self, account_id: int) -> list[OrderView]:
-        acct = self.accounts.get(account_id)
-        if acct is None:
-            return []
-        return [acct.live[oid].view() for oid in sorted(acct.live)]
+        """The account's live orders, oldest first."""
+        return self.live_orders(account_id)[::-1]
 
     def live_orders(
         self, account_id: int, market: str | None = None, below: int | None = None,

@@ -27,6 +27,17 @@ def table_rows(out: str, first_cell: str) -> list[list[str]]:
             for line in out.splitlines() if line.startswith(f"| {first_cell}")]
 
 
+BACKENDS = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+
+
+def backend_name(backend: str) -> str:
+    """The backend's name in a benchmark's tables (PostgreSQL only when it is set up)."""
+    if backend == "postgres" and dbutil.postgres_base_url() is None:
+        pytest.skip(f"{dbutil.ENV_VAR} is not set")
+    return {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
+
+
 def test_engine_benchmark() -> None:
     out = run_bench("loadtests/bench_engine.py", "--ops", "3000", "--runs", "1",
                     "--impls", "engine,ceiling", "--order-matching-ops", "500")
@@ -38,14 +49,11 @@ def test_engine_benchmark() -> None:
     assert "pure-Python ceiling" in rows
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
-                                                            marks=pytest.mark.postgres)])
+@BACKENDS
 def test_durable_benchmark(backend: str) -> None:
-    if backend == "postgres" and dbutil.postgres_base_url() is None:
-        pytest.skip(f"{dbutil.ENV_VAR} is not set")
+    name = backend_name(backend)
     out = run_bench("loadtests/bench_durable.py", "--commands", "2000", "--runs", "1",
                     "--mix", "workload", "--concurrency", "64", "--backends", backend)
-    name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
     rows = [r for r in table_rows(out, name) if len(r) == 12]
     ours = next(r for r in rows if r[3].startswith("ours"))
     peer = next(r for r in rows if r[3].startswith("peer"))
@@ -84,14 +92,11 @@ def test_snapshot_benchmark() -> None:
         assert 0 < median <= slowest
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
-                                                            marks=pytest.mark.postgres)])
+@BACKENDS
 def test_recovery_benchmark(backend: str) -> None:
-    if backend == "postgres" and dbutil.postgres_base_url() is None:
-        pytest.skip(f"{dbutil.ENV_VAR} is not set")
+    name = backend_name(backend)
     out = run_bench("loadtests/bench_recovery.py", "--commands", "3000", "--runs", "1",
                     "--backends", backend)
-    name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[backend]
     full, from_snapshot, read_back = (r for r in table_rows(out, name))
     assert int(full[2].replace(",", "")) > 0  # full replay, commands/s
     assert float(from_snapshot[1].split()[0]) > 0  # recovery from the snapshot, s
